@@ -1,0 +1,23 @@
+"""Representations: how a Score becomes model tokens and back (torch-free).
+
+``REGISTRY`` maps each representation's name to its class; ``from_dict`` rebuilds one from
+the JSON that rides inside a model file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from companion.errors import RepresentationError
+from companion.representations.base import Representation
+
+REGISTRY: dict[str, type[Representation]] = {}
+
+
+def from_dict(data: dict[str, Any]) -> Representation:
+    """Rebuild a representation (params and vocabulary) from ``rep.to_dict()``."""
+    name = data.get("name") if isinstance(data, dict) else None
+    if name not in REGISTRY:
+        raise RepresentationError(
+            f"unknown representation {name!r}; known: {sorted(REGISTRY)}")
+    return REGISTRY[name].from_dict(data)
