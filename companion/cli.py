@@ -63,3 +63,97 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---- subcommands -------------------------------------------------------------------------
+
+
+@command("run", "companion.daemon:main", "Listen on a MIDI port and play along, live.")
+def _run_args(p):
+    p.add_argument("preset", nargs="?", help="preset name or path to a .toml (default: the "
+                   "default preset)")
+    p.add_argument("--in", dest="inp", metavar="PORT",
+                   help="connect to an existing input port (name substring) instead of "
+                        "opening the virtual 'midi-companion in'")
+    p.add_argument("--out", metavar="PORT",
+                   help="connect to an existing output port (name substring) instead of "
+                        "opening the virtual 'midi-companion out'")
+    p.add_argument("--backend", choices=["native", "jack"], default="native",
+                   help="MIDI system: the platform's (CoreMIDI, ALSA, WinMM) or JACK")
+    p.add_argument("--clock", choices=["internal", "midi"], default="internal",
+                   help="internal tempo, or follow the DAW's MIDI clock on the input port")
+    p.add_argument("--bpm", type=float, help="internal tempo (default: the preset's)")
+    p.add_argument("--record", metavar="FILE.mid",
+                   help="record the player and the companion, flushed every 2 s and on exit")
+    p.add_argument("--seed", type=int, help="random seed for sampling")
+    p.add_argument("--quiet", action="store_true", help="no status line")
+    p.add_argument("--log-json", action="store_true",
+                   help="one JSON line per event on stdout, for scripts")
+
+
+@command("ports", "companion.commands:ports", "List MIDI input and output ports.")
+def _ports_args(p):
+    p.add_argument("--backend", choices=["native", "jack"], default="native")
+
+
+@command("presets", "companion.commands:presets_cmd",
+         "List presets, or show one with its defaults filled in.")
+def _presets_args(p):
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("name", nargs="?", help="preset name or path (for show)")
+
+
+@command("continue", "companion.commands:continue_cmd",
+         "Continue a MIDI file with a preset's model (offline, same code as live).")
+def _continue_args(p):
+    p.add_argument("preset", help="preset name or path to a .toml")
+    p.add_argument("input", metavar="IN.mid")
+    p.add_argument("-o", "--output", metavar="OUT.mid", required=True)
+    p.add_argument("--bars", type=int, help="length of the continuation (default: preset's)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("accompany", "companion.commands:accompany_cmd",
+         "Accompany a MIDI file's melody with a preset's model (offline, same code as live).")
+def _accompany_args(p):
+    p.add_argument("preset", help="preset name or path to a .toml")
+    p.add_argument("input", metavar="IN.mid")
+    p.add_argument("-o", "--output", metavar="OUT.mid", required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("demo", "companion.demo:main",
+         "No DAW, no MIDI hardware: play a built-in phrase through the live pipeline.")
+def _demo_args(p):
+    p.add_argument("preset", nargs="?", help="preset name or path (default: the default)")
+    p.add_argument("-o", "--output", metavar="OUT.mid", default="companion-demo.mid")
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("eval", "companion.evaluate:main",
+         "A model's likelihood from its ONNX file: benchmark NLL per frame, or NLL per token "
+         "on its own held-out split.")
+def _eval_args(p):
+    p.add_argument("model", metavar="MODEL.onnx")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--benchmark", choices=["jsb", "nottingham", "musedata", "piano-midi"],
+                      help="test NLL per frame (nats) on a polyphonic benchmark")
+    what.add_argument("--split", choices=["valid", "test"],
+                      help="NLL per token (nats) on the model's own held-out split")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--batch", type=int, default=64, help="pieces rolled out side by side")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+
+
+@command("train", "models.train:main",
+         "Train a model from a TOML config (needs the training extra: torch).")
+def _train_args(p):
+    p.add_argument("config", metavar="CONFIG.toml")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run's last.pt (same model, representation, data)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="override [train] device (auto = CUDA when present)")
+
+
+@command("export", "export.onnx_export:main",
+         "Export a training checkpoint to an ONNX model file, checked against torch.")
+def _export_args(p):
+    p.add_argument("checkpoint", metavar="CHECKPOINT.pt")
+    p.add_argument("-o", "--output", metavar="MODEL.onnx", required=True)

@@ -10,8 +10,20 @@ from typing import Any
 
 from companion.errors import RepresentationError
 from companion.representations.base import Representation
+from companion.representations.chord import Chord
+from companion.representations.events import Events
+from companion.representations.multitrack import MultiTrack
+from companion.representations.notes import Notes
+from companion.representations.pianoroll import PianoRoll
+from companion.representations.remi import Remi
 
 REGISTRY: dict[str, type[Representation]] = {}
+REGISTRY[PianoRoll.name] = PianoRoll
+REGISTRY[Chord.name] = Chord
+REGISTRY[MultiTrack.name] = MultiTrack
+REGISTRY[Events.name] = Events
+REGISTRY[Notes.name] = Notes
+REGISTRY[Remi.name] = Remi
 
 
 def from_dict(data: dict[str, Any]) -> Representation:

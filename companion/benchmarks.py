@@ -1,0 +1,202 @@
+"""The four polyphonic benchmarks (Boulanger-Lewandowski et al. 2012) and JSB SATB, with
+their published train/valid/test splits intact.
+
+The data lives in ``shared/data/benchmarks`` (its README gives sources, grids and the
+metric). ``$MIDI_COMPANION_DATA`` names the data folder (holding ``benchmarks/``) or the
+benchmarks folder itself; without it the folder is searched for upward from this package
+and from the working directory, as ``shared/data/benchmarks`` or
+``../shared/data/benchmarks``.
+
+Rolls are uint8 arrays [T, 88], key index = MIDI pitch - 21, read-only because they are
+cached per process (copy before changing one in place).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cache
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+
+from companion.errors import DataError
+from companion.representations.multitrack import CHOIR, SATB
+from companion.representations.pianoroll import PianoRoll
+from companion.score import Note, Score, Track
+
+ENV = "MIDI_COMPANION_DATA"
+FILES = {
+    "jsb": "jsb-chorales-quarter.json",
+    "jsb-16th": "jsb-chorales-16th.json",
+    "nottingham": "nottingham.json",
+    "musedata": "musedata.json",
+    "piano-midi": "piano-midi.json",
+}
+#: beats per frame of each benchmark
+GRID = {"jsb": 1.0, "jsb-16th": 0.25, "nottingham": 0.5, "musedata": 0.5, "piano-midi": 0.5}
+SATB_FILE = "Jsb16thSeparated.json"
+SATB_GRID = 0.25
+SPLITS = ("train", "valid", "test")
+#: pieces per split, as published
+SIZES = {
+    "jsb": (229, 76, 77),
+    "jsb-16th": (229, 76, 77),
+    "nottingham": (694, 173, 170),
+    "musedata": (524, 135, 124),
+    "piano-midi": (87, 12, 25),
+    "satb": (229, 76, 77),
+}
+LOW, KEYS = 21, 88
+
+
+def data_dir() -> Path:
+    """The benchmarks folder; DataError naming where it looked when there is none."""
+    env = os.environ.get(ENV)
+    if env:
+        root = Path(env).expanduser()
+        for folder in (root / "benchmarks", root):
+            if (folder / FILES["jsb"]).is_file():
+                return folder
+        raise DataError(f"{ENV}={env}: holds neither benchmarks/{FILES['jsb']} nor {FILES['jsb']}")
+    starts = (Path(__file__).resolve().parent, Path.cwd().resolve())
+    for start in starts:
+        for folder in (start, *start.parents):
+            for found in (
+                folder / "shared/data/benchmarks",
+                folder.parent / "shared/data/benchmarks",
+            ):
+                if found.is_dir():
+                    return found
+    raise DataError(
+        f"benchmark data not found: no shared/data/benchmarks or ../shared/data/benchmarks in "
+        f"{starts[0]}, {starts[1]} or any folder above them; set {ENV} to the data folder"
+    )
+
+
+def representation(name: str) -> PianoRoll:
+    """The 88-key piano roll a benchmark is written in."""
+    return PianoRoll(grid=GRID[_checked(name)], pitches=KEYS)
+
+
+def load(name: str) -> dict[str, list[np.ndarray]]:
+    """{"train", "valid", "test"}: lists of uint8 rolls [T, 88] of benchmark `name`."""
+    cached = _load_rolls(str(data_dir()), _checked(name))
+    return {split: list(cached[split]) for split in SPLITS}
+
+
+def as_scores(name: str, split: str) -> list[Score]:
+    """One split of a benchmark as Scores (one track; velocity 80; repeated notes merged)."""
+    if split not in SPLITS:
+        raise DataError(f"benchmarks: split must be one of {list(SPLITS)} (received {split!r})")
+    rep = representation(name)
+    return [rep.decode(roll) for roll in load(name)[split]]
+
+
+def load_satb_arrays() -> dict[str, list[np.ndarray]]:
+    """JSB chorales by voice at the 16th grid: int16 arrays [T, 4] of MIDI pitches
+    (soprano, alto, tenor, bass), -1 = silent."""
+    cached = _load_satb(str(data_dir()))
+    return {split: list(cached[split]) for split in SPLITS}
+
+
+def load_satb() -> dict[str, list[Score]]:
+    """JSB chorales as four-track Scores (soprano, alto, tenor, bass; choir); a voice's
+    consecutive equal pitches are one held note."""
+    return {
+        split: [_satb_score(steps) for steps in pieces]
+        for split, pieces in load_satb_arrays().items()
+    }
+
+
+def _checked(name: str) -> str:
+    if name not in FILES:
+        raise DataError(f"benchmarks: unknown benchmark {name!r}; known: {list(FILES)}")
+    return name
+
+
+@cache
+def _load_rolls(folder: str, name: str) -> dict[str, tuple[np.ndarray, ...]]:
+    path = Path(folder) / FILES[name]
+    data = _read_splits(path, name)
+    return {
+        split: tuple(_roll(p, f"{path}: {split}[{i}]") for i, p in enumerate(data[split]))
+        for split in SPLITS
+    }
+
+
+@cache
+def _load_satb(folder: str) -> dict[str, tuple[np.ndarray, ...]]:
+    path = Path(folder) / SATB_FILE
+    data = _read_splits(path, "satb")
+    return {
+        split: tuple(_voices(p, f"{path}: {split}[{i}]") for i, p in enumerate(data[split]))
+        for split in SPLITS
+    }
+
+
+def _read_splits(path: Path, name: str) -> dict[str, list]:
+    """The JSON of a benchmark file, checked to hold the published splits."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: no such file") from err
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not readable JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected an object with keys {list(SPLITS)}")
+    for split, size in zip(SPLITS, SIZES[name]):
+        pieces = data.get(split)
+        if not isinstance(pieces, list) or len(pieces) != size:
+            received = len(pieces) if isinstance(pieces, list) else repr(pieces)[:40]
+            raise DataError(
+                f"{path}: split {split!r} must list the {size} published pieces "
+                f"(received {received})"
+            )
+    return data
+
+
+def _roll(piece: list, where: str) -> np.ndarray:
+    """A piece as lists of sounding pitches -> read-only uint8 roll [T, 88]."""
+    try:
+        counts = [len(frame) for frame in piece]
+        pitches = np.fromiter(chain.from_iterable(piece), dtype=float, count=sum(counts))
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: a piece must be a list of lists of pitches ({err})") from err
+    keys = pitches.astype(np.int64) - LOW
+    bad = pitches[(keys + LOW != pitches) | (keys < 0) | (keys >= KEYS)]
+    if bad.size:
+        raise DataError(f"{where}: pitches must be whole numbers 21..108 (received {bad[0]:g})")
+    roll = np.zeros((len(piece), KEYS), dtype=np.uint8)
+    roll[np.repeat(np.arange(len(piece)), counts), keys] = 1
+    roll.flags.writeable = False
+    return roll
+
+
+def _voices(piece: list, where: str) -> np.ndarray:
+    """A piece as [soprano, alto, tenor, bass] steps -> read-only int16 array [T, 4]."""
+    try:
+        steps = np.array(piece, dtype=np.int16).reshape(len(piece), 4)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: each step must list 4 pitches ({err})") from err
+    bad = steps[(steps < -1) | (steps > 127)]
+    if bad.size:
+        raise DataError(f"{where}: pitches must be -1 (silent) or 0..127 (received {bad[0]})")
+    steps.flags.writeable = False
+    return steps
+
+
+def _satb_score(steps: np.ndarray) -> Score:
+    tracks = []
+    for voice, column in zip(SATB, steps.T):
+        # Run boundaries: where the pitch changes (the -2 sentinels close both ends).
+        edges = np.flatnonzero(np.diff(column, prepend=-2, append=-2))
+        notes = [
+            Note(a * SATB_GRID, int(column[a]), b * SATB_GRID - a * SATB_GRID)
+            for a, b in zip(edges[:-1], edges[1:])
+            if column[a] >= 0
+        ]
+        tracks.append(Track(name=voice, program=CHOIR, notes=notes))
+    return Score(tracks=tracks)

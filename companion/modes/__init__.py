@@ -1,0 +1,1 @@
+"""Turn-taking: continue (call and response), accompany (incl. harmonize), jam."""

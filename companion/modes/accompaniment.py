@@ -1,0 +1,181 @@
+"""Accompany: continuous multitrack accompaniment of the live lead, one grid step at a time.
+
+Each grid step is committed once: the accompanist model gets the lead's pitches at that step
+and answers with every accompaniment track's pitches for it. A track's pitch that stays the
+same is held; one that changes is released and the new one struck.
+
+- Plain accompaniment commits a step `lookahead` before its time from the lead as it is then,
+  and the notes go out on the step's time.
+- Harmonize (`harmonize = true`) answers each lead note-on at once: the note's step (nearest
+  grid line) is committed or, if it was committed a moment ago without this note, committed
+  again from the state before it, and the changed voices sound immediately, with the note.
+  Steps with no new note (a held soprano) are committed ahead as above.
+"""
+
+from __future__ import annotations
+
+from companion.modes.continuation import Continuation
+from companion.output import Output
+from companion.representations.base import NoteEvent, quantize
+
+
+class Accompaniment:
+    """Turn-taking for accompany (and the accompanying half of jam)."""
+
+    def __init__(self, accompanist, preset, output: Output, rng):
+        self.acc = accompanist
+        self.preset = preset
+        self.output = output
+        self.rng = rng
+        self.grid = accompanist.grid
+        self.harmonize = preset.harmonize
+        self.sounding: set[int] = set()  # lead pitches held now
+        self.next_step: int | None = None  # first step not committed yet
+        self.last: tuple[int, frozenset[int], object, list[set[int]]] | None = None
+        self.voices: list[set[int]] = [set() for _ in output.tracks]
+        self.active = True
+        self.last_input: float | None = None
+
+    # ---- input -------------------------------------------------------------------------
+    def note_on(self, beat: float, pitch: int, velocity: int) -> None:
+        self.sounding.add(pitch)
+        self.last_input = beat
+        if not self.active:
+            return
+        step = quantize(beat, self.grid)
+        if self.next_step is None:
+            self.next_step = step
+            self.acc.reset()
+        if not self.harmonize:
+            return
+        if self.last is not None and self.last[0] == step:
+            if pitch not in self.last[1]:
+                self._recommit(beat)
+            return
+        while self.next_step <= step:
+            self._commit(self.next_step, at=beat if self.next_step == step else None)
+
+    def note_off(self, beat: float, pitch: int) -> None:
+        self.sounding.discard(pitch)
+        self.last_input = beat
+
+    def end_phrase(self, beat: float) -> None:
+        """Accompaniment has no phrases; triggers only matter in jam."""
+
+    def set_temperature(self, t: float) -> None:
+        self.acc.sampling.temperature = t
+
+    # ---- time --------------------------------------------------------------------------
+    def tick(self, now: float, horizon: float) -> None:
+        if not self.active or self.next_step is None:
+            return
+        while self.next_step * self.grid <= horizon:
+            self._commit(self.next_step)
+
+    def _commit(self, step: int, at: float | None = None) -> None:
+        """Generate step `step` from the lead as it is now; play it at `at` or on the grid."""
+        lead = frozenset(self.sounding)
+        snap = self.acc.snapshot()
+        frame = self.acc.step(lead, self.rng)
+        self.last = (step, lead, snap, frame)
+        self.next_step = step + 1
+        self._play(frame, step * self.grid if at is None else max(at, step * self.grid))
+
+    def _recommit(self, beat: float) -> None:
+        step, _, snap, _ = self.last
+        self.acc.restore(snap)
+        lead = frozenset(self.sounding)
+        frame = self.acc.step(lead, self.rng)
+        self.last = (step, lead, snap, frame)
+        self._play(frame, beat)
+
+    def _play(self, frame: list[set[int]], beat: float) -> None:
+        events = []
+        for k, new in enumerate(frame):
+            old = self.voices[k]
+            events += [NoteEvent(beat, p, 0, k) for p in sorted(old - new)]
+            events += [NoteEvent(beat, p, self.acc.velocity, k) for p in sorted(new - old)]
+            self.voices[k] = set(new)
+        self.output.play(events)
+
+    # ---- stopping ----------------------------------------------------------------------
+    def release(self, beat: float) -> None:
+        """Stop accompanying: cancel what is pending, end what sounds."""
+        self.output.cancel_after(beat)
+        self.voices = [set() for _ in self.voices]
+        self.next_step = None
+        self.last = None
+
+    def stop(self, beat: float) -> None:
+        self.release(beat)
+
+    @property
+    def idle(self) -> bool:
+        return not self.sounding and not any(self.voices)
+
+
+class Jam:
+    """Accompany while the player plays; when they stop, a solo; hand back when they resume."""
+
+    def __init__(self, accompaniment: Accompaniment, solo: Continuation):
+        self.acc = accompaniment
+        self.solo = solo
+
+    def set_temperature(self, t: float) -> None:
+        self.acc.set_temperature(t)
+        self.solo.set_temperature(t)
+
+    def note_on(self, beat, pitch, velocity):
+        if not self.acc.active:  # the player is back: the solo yields, accompaniment resumes
+            self.solo.interrupt(beat)
+            self.acc.active = True
+        self.solo.note_on(beat, pitch, velocity)
+        self.acc.note_on(beat, pitch, velocity)
+
+    def note_off(self, beat, pitch):
+        self.solo.note_off(beat, pitch)
+        self.acc.note_off(beat, pitch)
+
+    def end_phrase(self, beat):
+        self._to_solo(beat)
+        self.solo.end_phrase(beat)
+
+    def tick(self, now, horizon):
+        if (self.acc.active and self.acc.last_input is not None and not self.acc.sounding
+                and now - self.acc.last_input >= self.solo.timing.silence_beats):
+            self._to_solo(now)
+        self.acc.tick(now, horizon)
+        self.solo.tick(now, horizon)
+
+    def _to_solo(self, beat):
+        if self.acc.active:
+            self.acc.release(beat)
+            self.acc.active = False
+
+    def stop(self, beat):
+        self.acc.stop(beat)
+        self.solo.stop(beat)
+
+    @property
+    def idle(self):
+        return self.acc.idle and self.solo.idle
+
+
+def build_accompany_mode(preset, scheduler, clock, rng, use_gpu: bool):
+    """The accompany or jam mode of `preset`: (mode, outputs, engines)."""
+    from companion.modelfile import load as load_model
+    from companion.voices import accompanist_for, voice_for
+
+    model = load_model(preset.model)
+    acc = accompanist_for(model, preset, use_gpu=use_gpu)
+    acc.warm_up(rng)
+    out = Output(scheduler, clock, preset.tracks)
+    mode = Accompaniment(acc, preset, out, rng)
+    if preset.mode != "jam":
+        return mode, [out], [acc.engine]
+    solo_model = load_model(preset.solo_model)
+    solo_voice = voice_for(solo_model, use_gpu=use_gpu)
+    solo_voice.warm_up(rng)
+    solo_out = Output(scheduler, clock, preset.solo_tracks)
+    solo = Continuation(solo_voice, preset, solo_out, rng)
+    return Jam(mode, solo), [out, solo_out], [acc.engine, solo_voice.engine]

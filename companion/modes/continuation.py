@@ -1,0 +1,162 @@
+"""Call and response: listen to a phrase, and when it ends, answer it.
+
+The phrase ends after `silence_beats` with no key down, or on a trigger (a CC, sustain-pedal
+release). The response starts on the next beat or bar, lasts `bars`, and is generated just
+ahead of playback (a lookahead horizon), so it streams while it is generated and an
+interruption wastes little work. New input interrupts the response or overlaps it (preset).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from companion.representations.base import NoteEvent
+from companion.sampling import Sampling
+from companion.score import Note
+
+CONTEXT_BARS = 8  # the phrase context the model sees; bounds priming time
+MAX_TOKENS_PER_TICK = 512  # a model that never advances time cannot stall the loop
+
+
+class Response:
+    """One answer being generated: decoder state, its place in time, notes left open."""
+
+    def __init__(self, voice, rep, start: float, end: float, shift: float, decoder, track: int):
+        self.voice, self.rep, self.decoder = voice, rep, decoder
+        self.start, self.end, self.shift, self.track = start, end, shift, track
+        self.open: set[int] = set()
+        self.done = False
+
+    def generate(self, until: float, rng, sampling: Sampling) -> list[NoteEvent]:
+        """Sample tokens until the decoder reaches `until` (beats) or the response ends."""
+        out: list[NoteEvent] = []
+        for _ in range(MAX_TOKENS_PER_TICK):
+            if self.done or self.decoder.position + self.shift >= until:
+                break
+            tok = self.voice.next(rng, sampling, self.decoder.allowed())
+            for ev in self.decoder.feed(tok):
+                self._place(ev, out)
+            if self.decoder.position + self.shift >= self.end:
+                self.finish(out)
+        return out
+
+    def _place(self, ev: NoteEvent, out: list[NoteEvent]) -> None:
+        beat = ev.beat + self.shift
+        if ev.velocity > 0:
+            if beat >= self.end or ev.pitch in self.open:
+                return
+            self.open.add(ev.pitch)
+            out.append(NoteEvent(beat, ev.pitch, ev.velocity, self.track))
+        elif ev.pitch in self.open:
+            self.open.discard(ev.pitch)
+            out.append(NoteEvent(min(beat, self.end), ev.pitch, 0, self.track))
+
+    def finish(self, out: list[NoteEvent]) -> None:
+        """End the response: a note-off at the end for every note still open."""
+        for p in sorted(self.open):
+            out.append(NoteEvent(self.end, p, 0, self.track))
+        self.open.clear()
+        self.done = True
+
+
+class Continuation:
+    """The continue mode's turn-taking; drives one voice and one output track."""
+
+    def __init__(self, voice, preset, output, rng: np.random.Generator, track: int = 0):
+        self.voice = voice
+        self.rep = voice.rep
+        self.preset = preset
+        self.timing = preset.timing
+        self.output = output
+        self.rng = rng
+        self.track = track
+        self.sampling = Sampling(preset.sampling.temperature, preset.sampling.top_k,
+                                 preset.sampling.top_p)
+        self.phrase: list[Note] = []
+        self.held: dict[int, tuple[float, int]] = {}
+        self.last_input: float | None = None
+        self.response: Response | None = None
+        self.responses = 0
+
+    # ---- input -------------------------------------------------------------------------
+    def note_on(self, beat: float, pitch: int, velocity: int) -> None:
+        if self.response is not None and self.preset.on_input == "interrupt":
+            self.interrupt(beat)
+        if pitch in self.held:  # a repeated key without its release: close the first
+            self.note_off(beat, pitch)
+        self.held[pitch] = (beat, velocity)
+        self.last_input = beat
+
+    def note_off(self, beat: float, pitch: int) -> None:
+        if pitch not in self.held:
+            return
+        onset, vel = self.held.pop(pitch)
+        self.phrase.append(Note(onset, pitch, max(beat - onset, 1e-3), vel))
+        self.last_input = beat
+
+    def end_phrase(self, beat: float) -> None:
+        """A trigger (CC or pedal release): answer now, whatever the silence."""
+        for pitch in list(self.held):
+            self.note_off(beat, pitch)
+        if self.phrase and self.response is None:
+            self.respond(beat)
+
+    def set_temperature(self, t: float) -> None:
+        self.sampling.temperature = t
+
+    def interrupt(self, beat: float) -> None:
+        self.output.cancel_after(beat)
+        self.response = None
+
+    # ---- time --------------------------------------------------------------------------
+    def tick(self, now: float, horizon: float) -> None:
+        """Called often (every few ms): start a response when the phrase has ended, and
+        generate the running one up to `horizon` beats."""
+        if (self.response is None and self.phrase and not self.held
+                and now - self.last_input >= self.timing.silence_beats):
+            self.respond(now)
+        if self.response is not None:
+            self.output.play(self.response.generate(horizon, self.rng, self.sampling))
+            if self.response.done:
+                self.response = None
+
+    def respond(self, now: float) -> None:
+        unit = self.timing.beats_per_bar if self.timing.start_on == "bar" else 1.0
+        start = math.floor(now / unit + 1e-9) * unit + unit
+        bpb = self.timing.beats_per_bar
+        first = max(n.onset for n in self.phrase) - CONTEXT_BARS * bpb
+        notes = [n for n in self.phrase if n.onset >= first]
+        origin = math.floor(min(n.onset for n in notes) / bpb) * bpb
+        tokens = self._encode(notes, origin, start)
+        decoder = self.rep.stream_decoder(0.0)
+        self.voice.reset()
+        for tok in tokens:
+            self.voice.feed(tok)
+            decoder.feed(tok)
+        # Where the context's encoding cannot hold the silence up to the start, shift.
+        shift = origin + max(0.0, (start - origin) - decoder.position)
+        end = start + self.timing.bars * bpb
+        self.response = Response(self.voice, self.rep, start, end, shift, decoder, self.track)
+        self.responses += 1
+        self.phrase = []
+
+    def _encode(self, notes: list[Note], origin: float, start: float) -> list:
+        enc = self.rep.stream_encoder()
+        events = sorted([(n.onset - origin, 1, n.pitch, n.velocity) for n in notes]
+                        + [(n.end - origin, 0, n.pitch, 0) for n in notes])
+        tokens: list = []
+        for beat, is_on, pitch, vel in events:
+            tokens += enc.note_on(beat, pitch, vel) if is_on else enc.note_off(beat, pitch)
+        tokens += enc.advance(start - origin)
+        return tokens
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to answer and nothing being answered."""
+        return self.response is None and not self.phrase and not self.held
+
+    def stop(self, beat: float) -> None:
+        if self.response is not None:
+            self.interrupt(beat)

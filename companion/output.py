@@ -1,0 +1,39 @@
+"""Output: a mode's NoteEvents (beats, track index) -> MIDI messages on the tracks' channels,
+scheduled at the clock's absolute times. The only place beats become due times."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from companion.presets import TrackOut
+from companion.representations.base import NoteEvent
+
+
+class Output:
+    def __init__(self, scheduler, clock, tracks: list[TrackOut]):
+        self.scheduler = scheduler
+        self.clock = clock
+        self.tracks = tracks
+        self.channels = [t.channel - 1 for t in tracks]
+        self.notes_out = 0
+
+    def play(self, events: Iterable[NoteEvent]) -> None:
+        """Schedule events; a track index past the preset's tracks is a model/preset mismatch
+        caught at load, so it is not checked here (hot path)."""
+        for ev in events:
+            t = self.tracks[ev.track]
+            ch = t.channel - 1
+            if ev.velocity > 0:
+                vel = max(1, min(127, round(ev.velocity * t.velocity_scale)))
+                msg = (0x90 | ch, ev.pitch, vel)
+                self.notes_out += 1
+            else:
+                msg = (0x80 | ch, ev.pitch, 0)
+            self.scheduler.schedule(self.clock.time_at(ev.beat), msg)
+
+    def cancel_after(self, beat: float) -> None:
+        """Drop what was to start after `beat` and end what sounds then (interruption)."""
+        self.scheduler.cancel_after(self.clock.time_at(beat), channels=set(self.channels))
+
+    def program_changes(self) -> list[tuple[int, ...]]:
+        return [(0xC0 | t.channel - 1, t.program) for t in self.tracks]

@@ -1,0 +1,166 @@
+"""The performer: one preset being played. Takes stamped MIDI input, keeps the clock, runs
+the preset's mode, and sends what the mode generates to the scheduler.
+
+The live daemon and the offline commands (`companion continue/accompany`) both drive this
+class; only the clock's time source and where the scheduler's messages go differ. That is
+what makes the live path testable without sleeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from companion.clock import InternalClock, MidiClock
+from companion.modelfile import load as load_model
+from companion.modes.continuation import Continuation
+from companion.output import Output
+from companion.presets import Preset
+
+SUSTAIN_CC = 64
+
+
+@dataclass
+class Counters:
+    notes_in: int = 0
+    program_change: int | None = None  # a Program Change asked for preset N (0-based)
+
+
+class Performer:
+    """Plays one preset. `handle(t_ns, msg)` for each incoming message, `tick(now_ns)` often."""
+
+    def __init__(self, preset: Preset, scheduler, clock, seed: int | None = None,
+                 use_gpu: bool = True):
+        self.preset = preset
+        self.scheduler = scheduler
+        self.clock = clock
+        self.rng = np.random.default_rng(seed)
+        self.counters = Counters()
+        self.temperature = preset.sampling.temperature
+        self.mode = self._build_mode(use_gpu)
+        self.lookahead_beats = 0.0
+        self._sustain = False
+
+    # ---- building ----------------------------------------------------------------------
+    def _build_mode(self, use_gpu: bool):
+        p = self.preset
+        if p.mode == "continue":
+            from companion.voices import voice_for
+
+            model = load_model(p.model)
+            voice = voice_for(model, use_gpu=use_gpu)
+            voice.warm_up(self.rng)
+            self.providers = [voice.engine.provider]
+            self.engines = [voice.engine]
+            tracks = p.tracks or _default_tracks(model)
+            self.output = Output(self.scheduler, self.clock, tracks)
+            return Continuation(voice, p, self.output, self.rng)
+        from companion.modes.accompaniment import build_accompany_mode
+
+        mode, outputs, engines = build_accompany_mode(p, self.scheduler, self.clock, self.rng,
+                                                      use_gpu)
+        self.output = outputs[0]
+        self.outputs = outputs
+        self.engines = engines
+        self.providers = sorted({e.provider for e in engines})
+        return mode
+
+    @property
+    def channels(self) -> list[int]:
+        return sorted({ch for ch in self.output.channels})
+
+    def start_messages(self) -> list[tuple[int, ...]]:
+        """All notes off on the channels we use, then each track's Program Change."""
+        outs = getattr(self, "outputs", [self.output])
+        msgs = [(0xB0 | ch, 123, 0) for o in outs for ch in o.channels]
+        return msgs + [m for o in outs for m in o.program_changes()]
+
+    # ---- input -------------------------------------------------------------------------
+    def handle(self, t_ns: int, msg) -> None:
+        """One message stamped on arrival: transport, notes, controls."""
+        status = msg[0]
+        if isinstance(self.clock, MidiClock) and MidiClock.handles(msg):
+            for ev in self.clock.feed(msg, t_ns):
+                if ev.kind in ("stopped", "position"):
+                    self.stop_sound(t_ns)
+            return
+        if status >= 0xF0 or len(msg) < 2:
+            return
+        ch = status & 0x0F
+        if self.preset.input_channel and ch != self.preset.input_channel - 1:
+            return
+        if not self.clock.running:
+            return
+        kind = status & 0xF0
+        beat = self.clock.beat_at(t_ns)
+        if kind == 0x90 and msg[2] > 0:
+            self.counters.notes_in += 1
+            self.mode.note_on(beat, msg[1], msg[2])
+        elif kind == 0x80 or kind == 0x90:
+            self.mode.note_off(beat, msg[1])
+        elif kind == 0xB0:
+            self._control(beat, t_ns, msg[1], msg[2])
+        elif kind == 0xC0 and self.preset.controls.program_change:
+            self.counters.program_change = msg[1]
+
+    def _control(self, beat: float, t_ns: int, cc: int, value: int) -> None:
+        c = self.preset.controls
+        if cc == c.panic_cc and cc:
+            self.stop_sound(t_ns)
+        elif cc == c.temperature_cc and cc:
+            lo, hi = c.temperature_range
+            self.set_temperature(lo + (hi - lo) * value / 127.0)
+        elif cc == c.trigger_cc and cc and value >= 64:
+            self._end_phrase(beat)
+        elif cc == SUSTAIN_CC:
+            was, self._sustain = self._sustain, value >= 64
+            if was and not self._sustain and c.sustain_release_ends_phrase:
+                self._end_phrase(beat)
+
+    def _end_phrase(self, beat: float) -> None:
+        self.mode.end_phrase(beat)
+
+    def end_input(self, beat: float) -> None:
+        """The player is done (the end of an input file): answer now."""
+        self.mode.end_phrase(beat)
+
+    def set_temperature(self, t: float) -> None:
+        self.temperature = t
+        self.mode.set_temperature(t)
+
+    # ---- time --------------------------------------------------------------------------
+    def tick(self, now_ns: int) -> None:
+        """Generate what is due within the lookahead (plus a little, so no step is late)."""
+        if not self.clock.running:
+            return
+        now = self.clock.beat_at(now_ns)
+        ahead = self.preset.timing.lookahead_ms * self.clock.bpm / 60_000.0
+        self.mode.tick(now, now + ahead + self.preset.timing.grid)
+
+    def stop_sound(self, t_ns: int) -> None:
+        """Stop, preset switch, panic: cancel everything pending and release every note."""
+        if self.clock.running:
+            self.mode.stop(self.clock.beat_at(t_ns))
+        self.scheduler.panic()
+
+    def inference_ms(self) -> tuple[float, float]:
+        all_ms = [ms for e in self.engines for ms in e.step_ms]
+        if not all_ms:
+            return (0.0, 0.0)
+        a = np.asarray(all_ms)
+        return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def _default_tracks(model):
+    from companion.presets import TrackOut
+
+    return [TrackOut(name=model.family, channel=1, program=0)]
+
+
+def make_clock(kind: str, bpm: float, beats_per_bar: int, now_ns=None):
+    """The internal tempo ("internal") or the DAW's MIDI clock ("midi")."""
+    if kind == "midi":
+        return MidiClock(bpm=bpm, beats_per_bar=beats_per_bar)
+    return InternalClock(bpm=bpm, beats_per_bar=beats_per_bar,
+                         **({"now_ns": now_ns} if now_ns else {}))

@@ -1,0 +1,383 @@
+"""MIDI ports: a thin layer over python-rtmidi, and an in-process loopback.
+
+- `open_input(name, backend, callback)` / `open_output(name, backend)`: with no name, a
+  virtual port ("midi-companion in" / "midi-companion out") that the DAW connects to; with a
+  name, a connection to the one existing port whose name contains it (case-insensitive).
+- backend "native" is the platform's MIDI system (ALSA sequencer, CoreMIDI, Windows MM);
+  "jack" is JACK MIDI (python-rtmidi's API_UNIX_JACK).
+- Inputs stamp each message with `time.perf_counter_ns()` on arrival and hand the pair
+  `(t_ns, msg)` to a queue.SimpleQueue (or the callback given) and do nothing else: the
+  callback runs on the MIDI system's thread (for JACK its process thread), and a slow one
+  stalls it. MIDI clock is not filtered out, since MidiClock needs it.
+- Outputs: `send(msg)` is thread-safe; `close()` is idempotent and lets JACK flush first.
+- `loopback_pair()`: an output whose sends are recorded and delivered, through the very same
+  stamping callback, to an input; for `companion demo` and for tests.
+
+Failures to reach a MIDI system, or names that match no port, raise MidiPortError with one
+sentence saying what to do. rtmidi is imported only when a real port is opened, so name
+matching and the loopback work without it.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from companion.errors import MidiPortError
+
+BACKENDS = ("native", "jack")
+CLIENT_NAME = "midi-companion"
+VIRTUAL_INPUT = "midi-companion in"
+VIRTUAL_OUTPUT = "midi-companion out"
+
+Message = Sequence[int]
+Stamped = tuple[int, list[int]]  # (t_ns on arrival, raw message)
+Sink = Callable[[Stamped], object]
+
+
+# ---- pure logic (no MIDI system needed) ------------------------------------------------
+
+
+def match_port(names: Sequence[str], pattern: str, direction: str) -> int:
+    """Index of the one port in `names` whose name contains `pattern` (case-insensitive).
+
+    A port whose whole name equals the pattern wins over ports that merely contain it, so
+    "Synth" picks "Synth" over "Synth 2". `direction` ("input"/"output") is for the message.
+    """
+    wanted = pattern.casefold()
+    hits = [i for i, name in enumerate(names) if wanted in name.casefold()]
+    exact = [i for i in hits if names[i].casefold() == wanted]
+    if len(exact) == 1:
+        return exact[0]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise MidiPortError(
+            f"no MIDI {direction} port matches {pattern!r} (available: {_listing(names)}); "
+            f"pass part of one of those names, or none for a virtual port"
+        )
+    raise MidiPortError(
+        f"{len(hits)} MIDI {direction} ports match {pattern!r} "
+        f"({_listing([names[i] for i in hits])}); pass more of the name to pick one"
+    )
+
+
+def _listing(names: Sequence[str]) -> str:
+    return ", ".join(repr(n) for n in names) if names else "none"
+
+
+def system_name(backend: str, platform: str = sys.platform) -> str:
+    """What `backend` talks to on `platform`, for messages."""
+    if backend == "jack":
+        return "JACK server"
+    if platform.startswith("linux"):
+        return "ALSA sequencer"
+    return {"darwin": "CoreMIDI", "win32": "Windows MIDI"}.get(platform, "MIDI system")
+
+
+def unreachable_hint(backend: str, platform: str = sys.platform) -> str:
+    """What a user can do when `backend` cannot reach a MIDI system on `platform`."""
+    if backend == "jack":
+        return (
+            "start a JACK server (e.g. `jackd -d dummy`, or your JACK control app) and "
+            "retry, or try `companion demo`"
+        )
+    if platform.startswith("linux"):
+        return (
+            "load the ALSA sequencer (`sudo modprobe snd-seq`), or start JACK and use "
+            "--backend jack, or try `companion demo`"
+        )
+    if platform == "win32":
+        return (
+            "create two loopMIDI ports and pass their names with --in/--out, or try "
+            "`companion demo`"
+        )
+    return "check your MIDI setup, or try `companion demo`"
+
+
+# ---- the port classes -------------------------------------------------------------------
+
+
+class InputPort:
+    """Timestamped MIDI input: each message arrives as (t_ns, msg).
+
+    By default the pairs queue up on `queue` (read them with `receive`); a `callback` given
+    at opening replaces the queue and is called on the MIDI thread, so it must return at once
+    (e.g. another SimpleQueue's put, to merge several inputs).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        callback: Sink | None = None,
+        now_ns: Callable[[], int] = time.perf_counter_ns,
+    ):
+        self.name = name
+        self.queue: queue.SimpleQueue[Stamped] = queue.SimpleQueue()
+        self._sink = callback if callback is not None else self.queue.put
+        self._now = now_ns
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def _on_midi(self, event: tuple[list[int], float], data: object = None) -> None:
+        """rtmidi's callback signature: stamp on arrival, hand over, nothing else."""
+        self._sink((self._now(), event[0]))
+
+    def receive(self, timeout: float | None = None) -> Stamped | None:
+        """The next (t_ns, msg), waiting up to `timeout` seconds (None: forever, 0: not at
+        all); None when nothing came. Only for inputs opened without a callback."""
+        try:
+            if timeout is not None and timeout <= 0:
+                return self.queue.get_nowait()
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        """Stop receiving (idempotent, thread-safe); messages already queued stay readable."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self._close()
+
+    def _close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}{' closed' if self.closed else ''}>"
+
+
+class OutputPort:
+    """MIDI output: `send` locks and refuses once closed (the Scheduler validates messages);
+    subclasses implement `_send` and `_close`."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def send(self, msg: Message) -> None:
+        """Send one raw message (thread-safe); MidiPortError once the port is closed."""
+        with self._lock:
+            if self.closed:
+                raise MidiPortError(f"MIDI output {self.name!r} is closed; open it again to send")
+            self._send(msg)
+
+    def close(self) -> None:
+        """Close the port (idempotent)."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self._close()
+
+    def _send(self, msg: Message) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}{' closed' if self.closed else ''}>"
+
+
+# ---- loopback (in-process) --------------------------------------------------------------
+
+
+class LoopbackInput(InputPort):
+    """The receiving end of a loopback pair; same interface and code path as MidiInput."""
+
+
+class LoopbackOutput(OutputPort):
+    """An in-process output: each send is recorded in `sent` as (t_ns, msg) when `record`
+    is on, and delivered to the connected input as if it had come in over MIDI."""
+
+    def __init__(
+        self,
+        name: str,
+        target: InputPort | None = None,
+        record: bool = True,
+        now_ns: Callable[[], int] = time.perf_counter_ns,
+    ):
+        super().__init__(name)
+        self.target = target
+        self.record = record
+        self.sent: list[tuple[int, tuple[int, ...]]] = []
+        self._now = now_ns
+
+    def _send(self, msg: Message) -> None:
+        if self.record:
+            self.sent.append((self._now(), tuple(msg)))
+        if self.target is not None and not self.target.closed:
+            self.target._on_midi((list(msg), 0.0))
+
+
+def loopback_pair(
+    name: str = "loopback",
+    callback: Sink | None = None,
+    record: bool = True,
+    now_ns: Callable[[], int] = time.perf_counter_ns,
+) -> tuple[LoopbackOutput, LoopbackInput]:
+    """An (output, input) pair joined in-process: what the output sends, the input receives,
+    stamped by `now_ns` (a fake clock in offline runs and tests)."""
+    inp = LoopbackInput(name, callback, now_ns)
+    return LoopbackOutput(name, inp, record, now_ns), inp
+
+
+# ---- rtmidi -----------------------------------------------------------------------------
+
+
+def _rtmidi():
+    try:
+        import rtmidi
+    except ImportError as err:  # missing wheel or missing shared library (libasound)
+        raise MidiPortError(
+            f"python-rtmidi cannot be loaded ({err}): reinstall it with "
+            f"`pip install python-rtmidi`, or try `companion demo`"
+        ) from err
+    return rtmidi
+
+
+def _api(backend: str) -> int:
+    """The rtmidi API constant for "native" (the platform's own) or "jack"."""
+    rtmidi = _rtmidi()
+    if backend == "jack":
+        api = rtmidi.API_UNIX_JACK
+    elif backend == "native":
+        api = {"darwin": rtmidi.API_MACOSX_CORE, "win32": rtmidi.API_WINDOWS_MM}.get(
+            sys.platform, rtmidi.API_LINUX_ALSA
+        )
+    else:
+        raise MidiPortError(f"unknown MIDI backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if api not in rtmidi.get_compiled_api():
+        raise MidiPortError(
+            f"this python-rtmidi build has no {rtmidi.get_api_display_name(api)} support; "
+            f"use --backend {'native' if backend == 'jack' else 'jack'}, or try `companion demo`"
+        )
+    return api
+
+
+def _client(kind: str, backend: str, client_name: str = CLIENT_NAME):
+    """A new rtmidi MidiIn/MidiOut on `backend`, or MidiPortError when it cannot be had."""
+    rtmidi = _rtmidi()
+    api = _api(backend)
+    cls = rtmidi.MidiIn if kind == "input" else rtmidi.MidiOut
+    try:
+        return cls(api, client_name)
+    except rtmidi.RtMidiError as err:
+        raise MidiPortError(
+            f"no {system_name(backend)} is reachable ({err}): {unreachable_hint(backend)}"
+        ) from err
+
+
+def _open(client, name: str | None, direction: str, virtual_name: str, backend: str) -> str:
+    """Open a virtual port, or connect to the existing one matching `name`; return the name
+    the port goes by."""
+    rtmidi = _rtmidi()
+    try:
+        if name is None:
+            client.open_virtual_port(virtual_name)
+            return virtual_name
+        ports = client.get_ports()
+        index = match_port(ports, name, direction)
+        client.open_port(index, virtual_name)
+        return ports[index]
+    except rtmidi.UnsupportedOperationError as err:  # Windows MM: no virtual ports
+        raise MidiPortError(
+            f"this MIDI system cannot make virtual ports ({err}): {unreachable_hint(backend)}"
+        ) from err
+    except rtmidi.RtMidiError as err:
+        raise MidiPortError(
+            f"cannot open MIDI {direction} {name or virtual_name!r} ({err}): check that the "
+            f"port still exists and retry, or try `companion demo`"
+        ) from err
+
+
+class MidiInput(InputPort):
+    """A real MIDI input (rtmidi.MidiIn) delivering (t_ns, msg) pairs."""
+
+    def __init__(self, client, name: str | None, backend: str, callback: Sink | None):
+        super().__init__(VIRTUAL_INPUT, callback)
+        self._client = client
+        client.ignore_types(sysex=True, timing=False, active_sense=True)  # keep MIDI clock
+        client.set_callback(self._on_midi)  # before opening: nothing arrives unstamped
+        self.name = _open(client, name, "input", VIRTUAL_INPUT, backend)
+
+    def _close(self) -> None:
+        self._client.cancel_callback()
+        self._client.close_port()
+        self._client.delete()  # a virtual port only goes away with its client
+
+
+class MidiOutput(OutputPort):
+    """A real MIDI output (rtmidi.MidiOut)."""
+
+    def __init__(self, client, name: str):
+        super().__init__(name)
+        self._client = client
+
+    def _send(self, msg: Message) -> None:
+        self._client.send_message(msg)
+
+    def _close(self) -> None:
+        # RtMidi's JACK closePort waits (up to 1 s) for the process thread to flush what was
+        # sent, so the note-offs of a final panic still leave.
+        self._client.close_port()
+        self._client.delete()
+
+
+def open_input(
+    name: str | None = None,
+    backend: str = "native",
+    callback: Sink | None = None,
+    client_name: str = CLIENT_NAME,
+) -> MidiInput:
+    """Open a MIDI input: the virtual "midi-companion in" when `name` is None, else the one
+    existing port (that we can receive from) whose name contains `name`, case-insensitive.
+    See InputPort for `callback`."""
+    client = _client("input", backend, client_name)
+    try:
+        return MidiInput(client, name, backend, callback)
+    except BaseException:
+        client.delete()
+        raise
+
+
+def open_output(
+    name: str | None = None, backend: str = "native", client_name: str = CLIENT_NAME
+) -> MidiOutput:
+    """Open a MIDI output: the virtual "midi-companion out" when `name` is None, else the one
+    existing port (that we can send to) whose name contains `name`, case-insensitive."""
+    client = _client("output", backend, client_name)
+    try:
+        return MidiOutput(client, _open(client, name, "output", VIRTUAL_OUTPUT, backend))
+    except BaseException:
+        client.delete()
+        raise
+
+
+def list_ports(backend: str = "native") -> dict[str, list[str]]:
+    """The ports `backend` offers: {"inputs": [...], "outputs": [...]} (inputs are ports we
+    can receive from, outputs ports we can send to)."""
+    found = {}
+    for kind, key in (("input", "inputs"), ("output", "outputs")):
+        client = _client(kind, backend)
+        try:
+            found[key] = list(client.get_ports())
+        finally:
+            client.delete()
+    return found

@@ -1,0 +1,295 @@
+"""Presets: TOML files that pick a model and say how the companion behaves.
+
+A preset is validated completely at load: an error names the file, the key, what was
+received and what is allowed, e.g.
+``presets/folk.toml: [sampling] temperature must be > 0 (received -1)``.
+Defaults fill every key a preset leaves out, so `companion presets show NAME` prints the
+whole behaviour.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from companion.errors import PresetError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+MODES = ("continue", "accompany", "jam")
+START_ON = ("beat", "bar")
+ON_INPUT = ("interrupt", "overlap")
+DEFAULT_PRESET = "chorale"
+
+
+@dataclass
+class TrackOut:
+    """One generated part: its name, MIDI channel (1..16), GM program (0..127), velocity scale."""
+
+    name: str
+    channel: int
+    program: int = 0
+    velocity_scale: float = 1.0
+
+
+@dataclass
+class Timing:
+    bpm: float = 100.0
+    beats_per_bar: int = 4
+    grid: float = 0.25
+    lookahead_ms: float = 25.0
+    tolerance_ms: float = 10.0
+    bars: int = 2
+    silence_beats: float = 1.5
+    start_on: str = "beat"
+
+
+@dataclass
+class SamplingCfg:
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.95
+
+
+@dataclass
+class Controls:
+    temperature_cc: int = 1  # mod wheel
+    temperature_range: tuple[float, float] = (0.5, 1.5)
+    panic_cc: int = 123
+    mode_cc: int = 0  # 0 = off
+    trigger_cc: int = 0  # 0 = off; a CC >= 64 ends the phrase now
+    sustain_release_ends_phrase: bool = True
+    program_change: bool = True
+
+
+@dataclass
+class Preset:
+    name: str
+    path: Path
+    description: str
+    model: Path
+    mode: str
+    input_channel: int = 0  # 0 = omni
+    tracks: list[TrackOut] = field(default_factory=list)
+    harmonize: bool = False
+    on_input: str = "interrupt"
+    solo_model: Path | None = None
+    solo_tracks: list[TrackOut] = field(default_factory=list)
+    timing: Timing = field(default_factory=Timing)
+    sampling: SamplingCfg = field(default_factory=SamplingCfg)
+    controls: Controls = field(default_factory=Controls)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["model"] = str(self.model)
+        d["solo_model"] = str(self.solo_model) if self.solo_model else None
+        return d
+
+    @property
+    def channels(self) -> list[int]:
+        """MIDI channels (1..16) this preset plays on."""
+        return sorted({t.channel for t in self.tracks + self.solo_tracks})
+
+
+# ---- locating ----------------------------------------------------------------------------
+# presets/ and models/zoo/ sit beside companion/, in a source tree and in site-packages alike.
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def presets_dir() -> Path:
+    """The shipped presets (TOML data)."""
+    return _ROOT / "presets"
+
+
+def zoo_dir() -> Path:
+    """The shipped models."""
+    return _ROOT / "models" / "zoo"
+
+
+def available() -> list[Path]:
+    return sorted(presets_dir().glob("*.toml"))
+
+
+def resolve(name_or_path: str | None) -> Path:
+    """A preset name from presets/ or a path to a user's own .toml."""
+    name = name_or_path or DEFAULT_PRESET
+    p = Path(name)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise PresetError(f"{p}: no such preset file")
+        return p
+    candidate = presets_dir() / f"{name}.toml"
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(x.stem for x in available())
+    raise PresetError(f"unknown preset {name!r}; known presets: {known}")
+
+
+def load(name_or_path: str | None) -> Preset:
+    path = resolve(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise PresetError(f"{path}: not valid TOML ({err})") from err
+    return parse(data, path)
+
+
+# ---- validation --------------------------------------------------------------------------
+class _Checker:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, where: str, msg: str):
+        raise PresetError(f"{self.path}: {where} {msg}")
+
+    def table(self, data: dict, where: str, allowed: set[str]) -> dict:
+        if not isinstance(data, dict):
+            self.fail(where, f"must be a table (received {type(data).__name__})")
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            allowed_s = ", ".join(sorted(allowed))
+            self.fail(where, f"has unknown key {unknown[0]!r}; allowed: {allowed_s}")
+        return data
+
+    def value(self, data: dict, key: str, where: str, kind, default, *, choices=None,
+              lo=None, hi=None, lo_open=False):
+        if key not in data:
+            return default
+        v = data[key]
+        label = f"{where} {key}".strip()
+        ok_types = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}[kind]
+        if isinstance(v, bool) and kind is not bool or not isinstance(v, ok_types):
+            self.fail(label, f"must be {kind.__name__} (received {v!r})")
+        if choices is not None and v not in choices:
+            self.fail(label, f"must be one of {', '.join(map(str, choices))} (received {v!r})")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            self.fail(label, f"must be {'>' if lo_open else '>='} {lo} (received {v!r})")
+        if hi is not None and v > hi:
+            self.fail(label, f"must be <= {hi} (received {v!r})")
+        return kind(v)
+
+
+_TOP = {"name", "description", "model", "mode", "input_channel", "tracks", "harmonize",
+        "on_input", "solo_model", "solo_tracks", "timing", "sampling", "controls"}
+
+
+def parse(data: dict, path: Path) -> Preset:
+    c = _Checker(path)
+    c.table(data, "", _TOP)
+    for key in ("model", "mode"):
+        if key not in data:
+            c.fail(key, "is required")
+    mode = c.value(data, "mode", "", str, None, choices=MODES)
+    model = _model_path(c, data, "model", path)
+    solo_model = _model_path(c, data, "solo_model", path) if "solo_model" in data else None
+    if mode == "jam" and solo_model is None:
+        c.fail("solo_model", "is required when mode = \"jam\"")
+    return Preset(
+        name=c.value(data, "name", "", str, path.stem),
+        path=path,
+        description=c.value(data, "description", "", str, ""),
+        model=model,
+        mode=mode,
+        input_channel=c.value(data, "input_channel", "", int, 0, lo=0, hi=16),
+        tracks=_tracks(c, data.get("tracks", []), "tracks"),
+        harmonize=c.value(data, "harmonize", "", bool, False),
+        on_input=c.value(data, "on_input", "", str, "interrupt", choices=ON_INPUT),
+        solo_model=solo_model,
+        solo_tracks=_tracks(c, data.get("solo_tracks", []), "solo_tracks"),
+        timing=_timing(c, data.get("timing", {})),
+        sampling=_sampling(c, data.get("sampling", {})),
+        controls=_controls(c, data.get("controls", {})),
+    )
+
+
+def _model_path(c: _Checker, data: dict, key: str, path: Path) -> Path:
+    """A model is a zoo name ("folk") or a path relative to the preset file."""
+    v = c.value(data, key, "", str, None)
+    if not v:
+        c.fail(key, "must name a model (a name from models/zoo or a path to an .onnx file)")
+    p = Path(v)
+    if p.suffix != ".onnx":
+        p = zoo_dir() / f"{v}.onnx"
+    elif not p.is_absolute():
+        p = (path.parent / p).resolve()
+    if not p.is_file():
+        c.fail(key, f"names a model file that does not exist: {p}")
+    return p
+
+
+def _tracks(c: _Checker, items, where: str) -> list[TrackOut]:
+    if not isinstance(items, list):
+        c.fail(where, f"must be an array of tables (received {type(items).__name__})")
+    out = []
+    for i, t in enumerate(items):
+        w = f"[[{where}]] #{i + 1}"
+        c.table(t, w, {"name", "channel", "program", "velocity_scale"})
+        if "channel" not in t:
+            c.fail(w, "channel is required (1..16)")
+        out.append(TrackOut(
+            name=c.value(t, "name", w, str, f"track {i + 1}"),
+            channel=c.value(t, "channel", w, int, 1, lo=1, hi=16),
+            program=c.value(t, "program", w, int, 0, lo=0, hi=127),
+            velocity_scale=c.value(t, "velocity_scale", w, float, 1.0, lo=0, lo_open=True, hi=4),
+        ))
+    channels = [t.channel for t in out]
+    if len(set(channels)) != len(channels):
+        c.fail(where, f"must use a distinct channel per track (received {channels})")
+    return out
+
+
+def _timing(c: _Checker, t) -> Timing:
+    w = "[timing]"
+    d = Timing()
+    c.table(t, w, set(asdict(d)))
+    return Timing(
+        bpm=c.value(t, "bpm", w, float, d.bpm, lo=20, hi=300),
+        beats_per_bar=c.value(t, "beats_per_bar", w, int, d.beats_per_bar, lo=1, hi=16),
+        grid=c.value(t, "grid", w, float, d.grid, lo=0, lo_open=True, hi=4),
+        lookahead_ms=c.value(t, "lookahead_ms", w, float, d.lookahead_ms, lo=0, hi=500),
+        tolerance_ms=c.value(t, "tolerance_ms", w, float, d.tolerance_ms, lo=0, hi=500),
+        bars=c.value(t, "bars", w, int, d.bars, lo=1, hi=64),
+        silence_beats=c.value(t, "silence_beats", w, float, d.silence_beats, lo=0,
+                              lo_open=True, hi=32),
+        start_on=c.value(t, "start_on", w, str, d.start_on, choices=START_ON),
+    )
+
+
+def _sampling(c: _Checker, s) -> SamplingCfg:
+    w = "[sampling]"
+    d = SamplingCfg()
+    c.table(s, w, set(asdict(d)))
+    return SamplingCfg(
+        temperature=c.value(s, "temperature", w, float, d.temperature, lo=0, lo_open=True,
+                            hi=5),
+        top_k=c.value(s, "top_k", w, int, d.top_k, lo=0),
+        top_p=c.value(s, "top_p", w, float, d.top_p, lo=0, lo_open=True, hi=1),
+    )
+
+
+def _controls(c: _Checker, s) -> Controls:
+    w = "[controls]"
+    d = Controls()
+    c.table(s, w, set(asdict(d)))
+    rng = s.get("temperature_range", list(d.temperature_range))
+    if (not isinstance(rng, list) or len(rng) != 2
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rng)
+            or not 0 < rng[0] <= rng[1]):
+        c.fail(f"{w} temperature_range", f"must be [low, high] with 0 < low <= high "
+                                         f"(received {rng!r})")
+    return Controls(
+        temperature_cc=c.value(s, "temperature_cc", w, int, d.temperature_cc, lo=0, hi=127),
+        temperature_range=(float(rng[0]), float(rng[1])),
+        panic_cc=c.value(s, "panic_cc", w, int, d.panic_cc, lo=0, hi=127),
+        mode_cc=c.value(s, "mode_cc", w, int, d.mode_cc, lo=0, hi=127),
+        trigger_cc=c.value(s, "trigger_cc", w, int, d.trigger_cc, lo=0, hi=127),
+        sustain_release_ends_phrase=c.value(s, "sustain_release_ends_phrase", w, bool,
+                                            d.sustain_release_ends_phrase),
+        program_change=c.value(s, "program_change", w, bool, d.program_change),
+    )

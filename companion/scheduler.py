@@ -1,0 +1,324 @@
+"""The scheduler: timed MIDI messages out, on time or not at all, with nothing left hanging.
+
+A heap of (due_ns, rank, seq, msg) drained by one thread. The thread sleeps until `spin_ns`
+before the earliest due time, then spins on the clock for the last stretch, and sends. On
+Linux a timed wait wakes about 0.08 ms late (timer slack) and a 0.25 ms spin takes the median
+lateness under 0.01 ms (benchmarks/scheduler_jitter.py); longer spins bought nothing there,
+and on a loaded machine any spin lengthens the tail a little (p99 +1-2 ms at load 8 on
+2 CPUs: the OS preempts a spinning thread), so pass spin_ns=0 where tails matter more than
+the median. On Windows waits round to the 1 ms timer tick (after configure_realtime()), so
+the default spin covers that. Due times are absolute perf_counter_ns values, so nothing
+accumulates. `run_pending(now_ns)` is the same dispatch without the thread: tests and the
+offline virtual-clock path call it directly.
+
+Ordering: by due time; at the same due time note-offs go first (so a note that ends where the
+same key starts again does not cut the new one), then everything else in the order scheduled.
+
+Late policy (DESIGN.md: a late note is dropped, never played late; a note-off is never
+dropped):
+- a note-on that would leave more than `tolerance_ns` after its due time is dropped and
+  counted in `stats.late_dropped`;
+- a note-off is always dispatched, however late. Every send passes through the NoteLedger,
+  which turns a note-off for a note that is not sounding into nothing (counted in
+  `stats.offs_skipped`). So the note-off of a dropped note-on is skipped exactly when the
+  ledger shows its key silent; if another note on the same key is sounding, it is released
+  (a short note is better than a hanging one);
+- everything else (control changes, program changes, ...) is sent late rather than never,
+  since it changes the synth's state.
+
+All sends happen under one lock, in the scheduler thread or in the caller of `panic()`/`stop()`,
+so `send` is never called from two threads at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import operator
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from companion.ledger import NoteLedger, note_kind, note_off
+
+Message = Sequence[int]
+
+DEFAULT_TOLERANCE_NS = 10_000_000  # 10 ms: later than this, a note-on is dropped
+# spin the last stretch before a due time: longer than the OS wakes late (see above)
+DEFAULT_SPIN_NS = 1_500_000 if sys.platform == "win32" else 250_000
+IDLE_WAIT_S = 0.5  # with nothing pending, wake this often (stop() also wakes the thread)
+REALTIME_SWITCH_INTERVAL_S = 0.0005  # see configure_realtime()
+
+
+def configure_realtime() -> dict[str, object]:
+    """Make this process's timing fit for live MIDI; the daemon calls it once at start-up.
+
+    CPython hands the GIL to a waiting thread only every `sys.getswitchinterval()` (5 ms by
+    default), so the scheduler thread, woken on time, can wait up to 5 ms for a thread running
+    Python code (the Engine, a mode). benchmarks/scheduler_jitter.py measures it: with a thread
+    busy in pure Python, the messages later than the 10 ms tolerance fell from 4-26% to
+    0.2-3%, and the median lateness from 3-8 ms to 0.2-3 ms (2 CPUs shared with other jobs at
+    load 5-8, so the ranges are wide). The cost is more GIL hand-offs for the busy thread.
+    On Windows, timed waits also round to the 15.6 ms system tick unless the timer
+    resolution is raised to 1 ms. Returns what was applied, for the log.
+    """
+    applied: dict[str, object] = {"switch_interval_s": REALTIME_SWITCH_INTERVAL_S}
+    sys.setswitchinterval(REALTIME_SWITCH_INTERVAL_S)
+    if sys.platform == "win32":
+        import ctypes
+
+        # timeBeginPeriod returns 0 (TIMERR_NOERROR) on success
+        applied["timer_resolution_ms"] = 1 if ctypes.windll.winmm.timeBeginPeriod(1) == 0 else None
+    return applied
+
+
+def _rank(msg: Message) -> int:
+    """0 for note-offs (first at a shared due time), 1 for everything else."""
+    return 0 if note_kind(msg) == "off" else 1
+
+
+def _channel(msg: Message) -> int | None:
+    """The channel of a channel message, None for system messages."""
+    return msg[0] & 0x0F if 0x80 <= msg[0] < 0xF0 else None
+
+
+@dataclass
+class SchedulerStats:
+    """Counters and recent lateness (|dispatch time - due time|, ns) of sent messages."""
+
+    sent: int = 0
+    late_dropped: int = 0
+    offs_skipped: int = 0
+    cancelled: int = 0
+    send_errors: int = 0
+    lateness_ns: deque[int] = field(default_factory=lambda: deque(maxlen=4096))
+
+    def percentile(self, q: float) -> int:
+        """The q-th percentile (0-100, nearest rank) of recent lateness; 0 when none."""
+        values = sorted(self.lateness_ns)
+        if not values:
+            return 0
+        return values[min(len(values) - 1, max(0, round(q / 100 * len(values)) - 1))]
+
+    def summary(self) -> dict[str, float | int]:
+        """Counters and lateness p50/p99/max in ms, for the status line and benchmarks."""
+        return {
+            "sent": self.sent,
+            "late_dropped": self.late_dropped,
+            "offs_skipped": self.offs_skipped,
+            "cancelled": self.cancelled,
+            "send_errors": self.send_errors,
+            "lateness_p50_ms": self.percentile(50) / 1e6,
+            "lateness_p99_ms": self.percentile(99) / 1e6,
+            "lateness_max_ms": max(self.lateness_ns, default=0) / 1e6,
+        }
+
+
+class Scheduler:
+    """Sends raw MIDI messages at absolute times through a NoteLedger.
+
+    `send(msg)` is the output (e.g. MidiOutput.send); `now_ns` the clock the due times are
+    read against. Use `start()` to run the thread, or call `run_pending(now_ns)` yourself.
+    Every public method may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[Message], object],
+        now_ns: Callable[[], int] = time.perf_counter_ns,
+        ledger: NoteLedger | None = None,
+        tolerance_ns: int = DEFAULT_TOLERANCE_NS,
+        spin_ns: int = DEFAULT_SPIN_NS,
+    ):
+        self._send = send
+        self._now = now_ns
+        self.ledger = ledger if ledger is not None else NoteLedger()
+        self.tolerance_ns = tolerance_ns
+        self.spin_ns = spin_ns
+        self.stats = SchedulerStats()
+        self.last_error: Exception | None = None
+        self._heap: list[tuple[int, int, int, tuple[int, ...]]] = []
+        self._seq = itertools.count()
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    # ---- producer side ------------------------------------------------------------------
+
+    def schedule(self, due_ns: int, msg: Message) -> None:
+        """Send `msg` at `due_ns` (perf_counter_ns time base)."""
+        self.schedule_many([(due_ns, msg)])
+
+    def schedule_many(self, items: Iterable[tuple[int, Message]]) -> None:
+        """Schedule several (due_ns, msg) pairs at once (one lock, one wake-up)."""
+        entries = [self._entry(due, msg) for due, msg in items]
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("the scheduler is stopped; make a new one to play again")
+            for entry in entries:
+                heapq.heappush(self._heap, entry)
+        self._wake.set()
+
+    def _entry(self, due_ns: int, msg: Message) -> tuple[int, int, int, tuple[int, ...]]:
+        try:
+            data = tuple(operator.index(b) for b in msg)  # ints, numpy ints; never floats
+        except TypeError:
+            data = ()
+        if not data or data[0] < 0x80 or not all(0 <= b < 256 for b in data):
+            raise ValueError(f"not a raw MIDI message (received {msg!r})")
+        return (operator.index(due_ns), _rank(data), next(self._seq), data)
+
+    def cancel_after(
+        self, ns: int, channels: Iterable[int] | None = None, ring: bool = False
+    ) -> int:
+        """Interrupt what is scheduled from `ns` on (a response the player cut short).
+
+        Pending note-ons due at or after `ns` on `channels` (default: all) are dropped. Notes
+        that will be sounding at `ns` are released at `ns` (now if `ns` has passed), or with
+        `ring=True` at their own
+        pending note-off (at `ns` when none is pending yet, e.g. a note whose note-off was
+        still to be generated). Other note-offs after `ns` on those channels, whose note-ons
+        were dropped, go too. Messages other than notes are kept. Returns the number of
+        note-ons dropped.
+        """
+        affected = None if channels is None else set(channels)
+        with self._lock:
+            sounding = set(self.ledger.sounding())  # the synth now, then as pending plays out
+            released: set[tuple[int, int]] = set()
+            kept, dropped = [], 0
+            for entry in sorted(self._heap):
+                due, _, _, msg = entry
+                kind, ch = note_kind(msg), _channel(msg)
+                if kind is None or due < ns or (affected is not None and ch not in affected):
+                    kept.append(entry)
+                    if kind is not None:
+                        self._replay(sounding, kind, (ch, msg[1]))
+                elif kind == "on":
+                    dropped += 1
+                elif ring and (ch, msg[1]) in sounding and (ch, msg[1]) not in released:
+                    kept.append(entry)  # the note-off that ends a note sounding at ns
+                    released.add((ch, msg[1]))
+            hanging = {key for key in sounding - released if affected is None or key[0] in affected}
+            at = max(ns, self._now())  # a time already past: release now, not "late"
+            kept += [self._entry(at, note_off(ch, pitch)) for ch, pitch in sorted(hanging)]
+            heapq.heapify(kept)
+            self._heap = kept
+            self.stats.cancelled += dropped
+        self._wake.set()
+        return dropped
+
+    @staticmethod
+    def _replay(sounding: set[tuple[int, int]], kind: str, key: tuple[int, int]) -> None:
+        if kind == "on":
+            sounding.add(key)
+        else:
+            sounding.discard(key)
+
+    def summary(self) -> dict[str, float | int]:
+        """`stats.summary()` taken under the lock (safe while the thread runs)."""
+        with self._lock:
+            return self.stats.summary()
+
+    @property
+    def pending(self) -> int:
+        """Number of messages waiting in the heap."""
+        return len(self._heap)
+
+    def next_due(self) -> int | None:
+        """Due time of the earliest pending message, None when the heap is empty."""
+        with self._lock:
+            return self._heap[0][0] if self._heap else None
+
+    # ---- dispatch -------------------------------------------------------------------------
+
+    def run_pending(self, now_ns: int) -> int:
+        """Dispatch every message due at or before `now_ns` (late policy applied, lateness
+        measured against `now_ns`); return how many messages were sent."""
+        sent = 0
+        with self._lock:
+            while self._heap and self._heap[0][0] <= now_ns:
+                due, _, _, msg = heapq.heappop(self._heap)
+                lateness = now_ns - due
+                if note_kind(msg) == "on" and lateness > self.tolerance_ns:
+                    self.stats.late_dropped += 1
+                    continue
+                out = self.ledger.outgoing(msg)
+                if not out:
+                    self.stats.offs_skipped += 1
+                    continue
+                for m in out:
+                    sent += self._emit(m)
+                self.stats.lateness_ns.append(abs(lateness))
+        return sent
+
+    def _emit(self, msg: Message) -> int:
+        """Send one message; a failing output is counted and kept in `last_error`, not
+        raised, so the thread keeps releasing notes on the outputs that still work."""
+        try:
+            self._send(msg)
+        except Exception as err:  # the output's error, whatever it is
+            self.stats.send_errors += 1
+            self.last_error = err
+            return 0
+        self.stats.sent += 1
+        return 1
+
+    def panic(self) -> int:
+        """Drop everything pending and silence every note the ledger knows is sounding
+        (note-offs, then CC 123 on every channel used); return how many messages were sent."""
+        with self._lock:
+            self._heap.clear()
+            return sum(self._emit(m) for m in self.ledger.release_all())
+
+    # ---- thread ---------------------------------------------------------------------------
+
+    def start(self) -> Scheduler:
+        """Run the dispatch thread (daemon thread; stop() ends it). Returns self."""
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("the scheduler is stopped; make a new one to play again")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="midi-scheduler", daemon=True
+                )
+                self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """End the thread, drop what is pending and release every sounding note. Idempotent;
+        schedule() raises afterwards."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self.panic()
+
+    def __enter__(self) -> Scheduler:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()  # before peeking: a schedule() after the peek wakes the wait
+            due = self.next_due()
+            if due is None:
+                self._wake.wait(IDLE_WAIT_S)
+                continue
+            sleep_ns = due - self._now() - self.spin_ns
+            if sleep_ns > 0:
+                self._wake.wait(sleep_ns / 1e9)  # woken early by an earlier arrival or stop
+                continue
+            while self._now() < due and not self._stopping.is_set():
+                pass  # the last stretch: spin, holding the GIL, instead of trusting a timer
+            self.run_pending(self._now())

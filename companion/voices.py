@@ -1,0 +1,276 @@
+"""Voices: one driver per ONNX step protocol, all with the same face to the modes.
+
+A voice turns an Engine (raw tensors) into "feed this token" (priming with what the player
+played) and "sample and feed the next token" (generation). Tokens are ints for token
+representations and uint8 frames for rolls. The protocol name in the model's metadata picks
+the driver; the representation's decoder supplies the grammar mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from companion.engine import Engine
+from companion.errors import ModelError
+from companion.sampling import Sampling, sample, sample_bernoulli
+
+
+class Voice:
+    """Base: subclasses implement `feed` and `next`."""
+
+    protocol = ""
+
+    def __init__(self, engine: Engine, rep):
+        self.engine = engine
+        self.rep = rep
+
+    def reset(self) -> None:
+        self.engine.reset()
+
+    def feed(self, token) -> None:
+        raise NotImplementedError
+
+    def next(self, rng: np.random.Generator, params: Sampling, mask=None):
+        raise NotImplementedError
+
+    def warm_up(self, rng: np.random.Generator, steps: int = 8) -> None:
+        """A few real steps so the first step the player hears is not the slow one."""
+        self.reset()
+        self.feed(self._neutral_token())
+        for _ in range(steps):
+            self.next(rng, Sampling())
+        self.reset()
+        self.engine.step_ms.clear()
+
+    def _neutral_token(self):
+        return 0
+
+
+class TokenVoice(Voice):
+    """token-step: token in, logits over the vocabulary out."""
+
+    protocol = "token-step"
+
+    def reset(self) -> None:
+        super().reset()
+        self.logits = None
+
+    def feed(self, token) -> None:
+        out = self.engine.step({"token": np.array([[int(token)]], dtype=np.int64)})
+        self.logits = out["logits"][0]
+
+    def next(self, rng, params, mask=None):
+        if self.logits is None:
+            raise ModelError("a token model needs at least one token of context to continue")
+        tok = sample(self.logits, rng, params, mask)
+        self.feed(tok)
+        return tok
+
+
+class NoteVoice(Voice):
+    """note-step: a (pitch, step, duration) triple in, three heads out (seed 002 MidiRNN).
+
+    The `notes` representation flattens each note to three tokens with offsets; this voice
+    gathers a triple before it steps the model, and samples the field that comes next.
+    """
+
+    protocol = "note-step"
+
+    def __init__(self, engine, rep):
+        super().__init__(engine, rep)
+        self.offsets = list(rep.offsets)
+        self.sizes = list(rep.fields)
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.pending: list[int] = []
+        self.heads = None
+
+    def feed(self, token) -> None:
+        i = len(self.pending)
+        self.pending.append(int(token) - self.offsets[i])
+        if len(self.pending) == 3:
+            out = self.engine.step({"note": np.array([[self.pending]], dtype=np.int64)})
+            self.heads = (out["pitch_logits"][0], out["step_logits"][0],
+                          out["duration_logits"][0])
+            self.pending = []
+
+    def next(self, rng, params, mask=None):
+        if self.heads is None:
+            raise ModelError("a note model needs at least one note of context to continue")
+        i = len(self.pending)
+        full = np.full(self.rep.vocab_size, -np.inf, dtype=np.float64)
+        full[self.offsets[i]:self.offsets[i] + self.sizes[i]] = self.heads[i]
+        field_mask = np.isfinite(full) if mask is None else (mask & np.isfinite(full))
+        tok = sample(full, rng, params, field_mask)
+        self.feed(tok)
+        return tok
+
+
+class FrameVoice(Voice):
+    """frame-step: a multi-hot frame in, per-key Bernoulli logits of the next frame out."""
+
+    protocol = "frame-step"
+
+    def reset(self) -> None:
+        super().reset()
+        self.logits = None
+
+    def feed(self, frame) -> None:
+        x = np.asarray(frame, dtype=np.float32).reshape(1, -1)
+        self.logits = self.engine.step({"frame": x})["logits"][0]
+
+    def next(self, rng, params, mask=None):
+        if self.logits is None:
+            raise ModelError("a frame model needs at least one frame of context to continue")
+        frame = sample_bernoulli(self.logits, rng, params.temperature)
+        self.feed(frame)
+        return frame
+
+    def _neutral_token(self):
+        return np.zeros(self.rep.vocab_size, dtype=np.uint8)
+
+
+class NadeVoice(Voice):
+    """nade-step: a frame is its keys in ascending order then an end-of-frame token.
+
+    Keys at or below the last key of the frame are masked, so each set of keys has exactly
+    one sequence and sampling draws from the exact frame distribution.
+    """
+
+    protocol = "nade-step"
+
+    def __init__(self, engine, rep):
+        super().__init__(engine, rep)
+        self.keys = rep.vocab_size
+        self.end = self.keys
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.logits = None
+
+    def _step(self, token: int) -> None:
+        self.logits = self.engine.step({"token": np.array([[token]], dtype=np.int64)})[
+            "logits"][0]
+
+    def feed(self, frame) -> None:
+        for k in np.flatnonzero(np.asarray(frame)):
+            self._step(int(k))
+        self._step(self.end)
+
+    def next(self, rng, params, mask=None):
+        if self.logits is None:
+            raise ModelError("a frame model needs at least one frame of context to continue")
+        frame = np.zeros(self.keys, dtype=np.uint8)
+        allowed = np.ones(self.keys + 1, dtype=bool)
+        while True:
+            tok = sample(self.logits, rng, params, allowed)
+            self._step(tok)
+            if tok == self.end:
+                return frame
+            frame[tok] = 1
+            allowed[: tok + 1] = False
+
+    def _neutral_token(self):
+        return np.zeros(self.keys, dtype=np.uint8)
+
+
+class Accompanist(Voice):
+    """multitrack-step: each grid step is BEGIN, the lead's keys, END, then every
+    accompaniment row's keys ascending, each row closed by END (models/multitrack_lstm.py).
+
+    `step(lead, rng)` reads the lead's pitches for one step and samples the other rows. The
+    ascending mask makes each row's set exact; a SATB row holds one voice, so after its key
+    only END is allowed.
+    """
+
+    protocol = "multitrack-step"
+
+    def __init__(self, engine, rep, sampling: Sampling):
+        super().__init__(engine, rep)
+        self.low = rep.params.low
+        self.keys = rep.params.high - rep.params.low + 1
+        self.rows = len(rep.track_names())
+        self.end, self.begin = self.keys, self.keys + 1
+        self.one_per_row = rep.params.scheme == "satb"
+        self.grid = rep.params.grid
+        self.velocity = rep.params.velocity
+        self.sampling = sampling
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.logits = None
+
+    def _step(self, token: int) -> None:
+        self.logits = self.engine.step({"token": np.array([[token]], dtype=np.int64)})[
+            "logits"][0]
+
+    def step(self, lead, rng) -> list[set[int]]:
+        """One grid step: the lead's pitches in, the accompaniment rows' pitches out."""
+        self._step(self.begin)
+        keys = sorted(p - self.low for p in lead if 0 <= p - self.low < self.keys)
+        if self.one_per_row:
+            keys = keys[-1:]  # the representation keeps a SATB row's highest pitch
+        for k in keys:
+            self._step(k)
+        self._step(self.end)
+        rows = []
+        for _ in range(1, self.rows):
+            row: set[int] = set()
+            allowed = np.ones(self.keys + 1, dtype=bool)
+            while True:
+                tok = sample(self.logits[: self.keys + 1], rng, self.sampling, allowed)
+                self._step(tok)
+                if tok == self.end:
+                    break
+                row.add(tok + self.low)
+                allowed[: tok + 1] = False
+                if self.one_per_row:
+                    allowed[: self.keys] = False
+            rows.append(row)
+        return rows
+
+    def snapshot(self):
+        return self.engine.snapshot(), self.logits
+
+    def restore(self, snap) -> None:
+        state, self.logits = snap
+        self.engine.restore(state)
+
+    def warm_up(self, rng, steps: int = 4) -> None:
+        self.reset()
+        for i in range(steps):
+            self.step({self.low + self.keys // 2 + i}, rng)
+        self.reset()
+        self.engine.step_ms.clear()
+
+
+DRIVERS = {v.protocol: v for v in (TokenVoice, NoteVoice, FrameVoice, NadeVoice)}
+
+
+def voice_for(model, use_gpu: bool = True) -> Voice:
+    """The driver for a loaded model file (its protocol picks it)."""
+    cls = DRIVERS.get(model.protocol)
+    if cls is None:
+        raise ModelError(f"{model.path}: protocol {model.protocol!r} cannot continue a phrase; "
+                         f"continuation protocols: {sorted(DRIVERS)}")
+    engine = Engine(model, use_gpu=use_gpu)
+    return cls(engine, model.representation)
+
+
+def accompanist_for(model, preset, use_gpu: bool = True) -> Accompanist:
+    """The accompanist for a multitrack-step model, checked against the preset's tracks."""
+    if model.protocol != Accompanist.protocol:
+        raise ModelError(f"{model.path}: mode {preset.mode!r} needs a multitrack-step model "
+                         f"(this one is {model.family}, {model.protocol})")
+    rows = len(model.representation.track_names()) - 1
+    if len(preset.tracks) != rows:
+        raise ModelError(f"{preset.path}: [[tracks]] lists {len(preset.tracks)} track(s) but "
+                         f"{model.path.name} generates {rows} "
+                         f"({', '.join(model.representation.track_names()[1:])})")
+    s = preset.sampling
+    return Accompanist(Engine(model, use_gpu=use_gpu), model.representation,
+                       Sampling(s.temperature, s.top_k, s.top_p))

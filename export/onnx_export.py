@@ -1,0 +1,372 @@
+"""Checkpoint -> ONNX step model + metadata, checked against torch.
+
+A family says how it is played through ``Model.export_spec() -> ExportSpec``: a small
+``nn.Module`` that runs ONE step (step input(s) and state in, outputs and new state out),
+example inputs at batch 2, the state it carries, and how to check it (random valid inputs and
+the full-sequence forward). ``export_checkpoint`` rebuilds the model from a self-describing
+checkpoint, exports that step with the dynamo exporter (``torch.onnx.export(dynamo=True)``,
+batch axis dynamic), writes the metadata the runtime reads (companion/modelfile.py), and
+refuses to keep a file that fails the parity check:
+
+- ORT equals torch (every output, state included) within ``atol`` over a 64-step rollout
+  where each side carries its own state, and
+- the step-by-step outputs equal the full-sequence forward,
+
+at batch sizes other than the example's (the dynamo exporter specializes example sizes 0/1
+and silently bakes some sizes, e.g. nn.LSTM's sequence length, into the graph).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from companion import modelfile
+from companion.errors import CompanionError, ModelError
+from companion.modelfile import PROTOCOL_IO
+
+FORMAT = modelfile.FORMAT
+CHECKPOINT_FORMAT = "midi-companion-checkpoint/1"
+
+
+class ParityError(CompanionError, RuntimeError):
+    """An exported graph whose outputs differ from torch's: a bug, never a user error."""
+
+
+@dataclass
+class ExportSpec:
+    """What the exporter needs from a family (see docs/ARCHITECTURE.md, "Family modules").
+
+    ``module(*inputs) -> outputs``: ONE step; inputs are the step input(s) (``token``,
+    ``note``, ``frame``...) followed by the state tensors, outputs the protocol's outputs
+    followed by ``X_out`` for each state tensor ``X``, in ``state`` order.
+    ``example_inputs``: tensors at batch 2 (never 0 or 1: the exporter specializes those).
+    ``dynamic_axes``: input name -> {axis: "B"}; None = step inputs on axis 0, state on the
+    axis its shape marks "B" (the only dynamic axis a step protocol has).
+    ``state``: ``{"name", "shape"}`` per state tensor (float32), "B" marking the batch axis;
+    the initial state is zeros.
+
+    For the parity check (required by ``export_checkpoint``):
+    ``random_inputs(batch, steps, generator)``: valid step inputs for a rollout, keyed by the
+    step input names, with a time axis at 1 (a ``token`` step [B, 1] comes from [B, T], a
+    ``frame`` step [B, P] from [B, T, P]).
+    ``sequence(inputs)``: the full-sequence forward on those: protocol output name ->
+    tensor with the time axis at 1, which the step-by-step outputs must equal.
+    """
+
+    module: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    input_names: list[str]
+    output_names: list[str]
+    state: list[dict]
+    dynamic_axes: dict[str, dict[int, str]] | None = None
+    random_inputs: Callable[[int, int, torch.Generator], dict[str, torch.Tensor]] | None = None
+    sequence: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+
+    def __post_init__(self):
+        self.state = [{"name": s["name"], "shape": list(s["shape"])} for s in self.state]
+        names = [s["name"] for s in self.state]
+        n_step = len(self.input_names) - len(names)
+        if n_step < 1 or list(self.input_names[n_step:]) != names:
+            raise ValueError(
+                f"ExportSpec: inputs {self.input_names} must be the step "
+                f"input(s) followed by the state {names}"
+            )
+        outs = [n + "_out" for n in names]
+        if (
+            len(self.output_names) <= len(outs)
+            or list(self.output_names[-len(outs) :] if outs else []) != outs
+        ):
+            raise ValueError(
+                f"ExportSpec: outputs {self.output_names} must be the protocol "
+                f"output(s) followed by {outs}"
+            )
+        if len(self.example_inputs) != len(self.input_names):
+            raise ValueError("ExportSpec: one example input per input name")
+        if self.dynamic_axes is None:
+            self.dynamic_axes = {n: {0: "B"} for n in self.step_inputs}
+            self.dynamic_axes.update({s["name"]: {s["shape"].index("B"): "B"} for s in self.state})
+        for name, x in zip(self.input_names, self.example_inputs):
+            for axis in self.dynamic_axes.get(name, {}):
+                if x.shape[axis] in (0, 1):
+                    raise ValueError(
+                        f"ExportSpec: example {name!r} has size {x.shape[axis]} "
+                        f"on dynamic axis {axis}; the exporter would bake it in"
+                    )
+
+    @property
+    def step_inputs(self) -> list[str]:
+        return list(self.input_names[: len(self.input_names) - len(self.state)])
+
+    @property
+    def outputs(self) -> list[str]:
+        """The protocol outputs (without the state outputs)."""
+        return list(self.output_names[: len(self.output_names) - len(self.state)])
+
+    def initial_state(self, batch: int) -> dict[str, torch.Tensor]:
+        return {
+            s["name"]: torch.zeros([batch if d == "B" else d for d in s["shape"]])
+            for s in self.state
+        }
+
+    def step_slice(self, seq: dict[str, torch.Tensor], t: int) -> dict[str, torch.Tensor]:
+        """The step inputs at time t of a sequence from ``random_inputs``."""
+        out = {}
+        for name, example in zip(self.input_names, self.example_inputs):
+            if name in self.step_inputs:
+                x = seq[name]
+                out[name] = x[:, t : t + 1] if x.dim() == example.dim() else x[:, t]
+        return out
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A training checkpoint as a dict; ModelError naming the file if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for a foreign or truncated file
+        raise ModelError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(
+            f"{path}: not a midi-companion checkpoint (format "
+            f"{ckpt.get('format') if isinstance(ckpt, dict) else None!r}, "
+            f"expected {CHECKPOINT_FORMAT!r})"
+        )
+    return ckpt
+
+
+def build_model(ckpt: dict) -> nn.Module:
+    """Rebuild the family's model from a checkpoint (weights loaded, eval mode, CPU)."""
+    from companion import representations
+    from models import FAMILY_MODULES
+
+    family = ckpt["family"]
+    if family not in FAMILY_MODULES:
+        raise ModelError(f"unknown family {family!r}; known: {sorted(FAMILY_MODULES)}")
+    rep = representations.from_dict(ckpt["representation"])
+    model = import_module(FAMILY_MODULES[family]).build(family, rep, **ckpt["model_args"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---- export ---------------------------------------------------------------------------------
+def export_onnx(spec: ExportSpec, out_path: str | os.PathLike) -> None:
+    """Export the step module with a dynamic batch axis (dynamo exporter, one file)."""
+    dims: dict[str, torch.export.Dim] = {}
+    flat = [
+        {
+            axis: dims.setdefault(label, torch.export.Dim(label, min=1, max=4096))
+            for axis, label in spec.dynamic_axes.get(name, {}).items()
+        }
+        for name in spec.input_names
+    ]
+    dynamic = _nest_like_signature(spec.module.forward, flat)
+    with warnings.catch_warnings(), torch.no_grad():
+        # The exporter is chatty about its own internals (deprecations, axis renames).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            spec.module.eval(),
+            tuple(spec.example_inputs),
+            str(out_path),
+            input_names=list(spec.input_names),
+            output_names=spec.output_names,
+            dynamo=True,
+            dynamic_shapes=dynamic,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
+
+
+def _nest_like_signature(fn, flat: list) -> tuple:
+    """Per-input dynamic shapes in the structure torch.export expects for ``fn``'s
+    parameters: one entry per positional parameter, a tuple for ``*args``."""
+    out, i = [], 0
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind == p.VAR_POSITIONAL:
+            out.append(tuple(flat[i:]))
+            i = len(flat)
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and i < len(flat):
+            out.append(flat[i])
+            i += 1
+    return tuple(out)
+
+
+def write_metadata(path: str | os.PathLike, meta: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+
+
+def metadata(model: nn.Module, ckpt: dict, spec: ExportSpec) -> dict[str, str]:
+    """The metadata_props of a model file (strings; JSON where structured)."""
+    from companion import representations
+
+    rep = representations.from_dict(ckpt["representation"])
+    js = lambda x: json.dumps(x, separators=(",", ":"))  # noqa: E731
+    return {
+        "format": FORMAT,
+        "family": ckpt["family"],
+        "protocol": model.protocol,
+        "representation": rep.to_json(),
+        "state": js(spec.state),
+        "tracks": js(rep.track_names()),
+        "corpus": js(ckpt.get("corpus", {})),
+        "metrics": js(ckpt.get("metrics", {})),
+        "parameters": str(count_parameters(model)),
+        "model_args": js(ckpt["model_args"]),
+        "training": js(ckpt.get("train", {})),
+    }
+
+
+def ort_session(path: str | os.PathLike):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def check_parity(
+    spec: ExportSpec,
+    onnx_path: str | os.PathLike,
+    batch: int = 3,
+    steps: int = 64,
+    atol: float = 1e-4,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Roll ``steps`` steps through ORT and torch side by side; ParityError past ``atol``.
+
+    Returns the largest differences seen: ``ort_vs_torch`` (all outputs and state, each side
+    carrying its own state) and ``step_vs_full`` (torch steps vs the full-sequence forward).
+    """
+    if spec.random_inputs is None or spec.sequence is None:
+        raise ParityError(
+            f"{onnx_path}: the family's ExportSpec has no random_inputs/sequence, "
+            "so its parity cannot be checked"
+        )
+    sess = ort_session(onnx_path)
+    seq = spec.random_inputs(batch, steps, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        full = spec.sequence(seq)
+        state_t = spec.initial_state(batch)
+        state_o = {k: v.numpy() for k, v in state_t.items()}
+        worst = {"ort_vs_torch": 0.0, "step_vs_full": 0.0}
+        n_out = len(spec.outputs)
+        for t in range(steps):
+            x = spec.step_slice(seq, t)
+            out_t = spec.module(*x.values(), *state_t.values())
+            out_o = sess.run(spec.output_names, {**{k: v.numpy() for k, v in x.items()}, **state_o})
+            for name, a, b in zip(spec.output_names, out_o, out_t):
+                if a.shape != tuple(b.shape):
+                    raise ParityError(
+                        f"{onnx_path}: {name} has shape {a.shape} in ORT and "
+                        f"{tuple(b.shape)} in torch at batch {batch}"
+                    )
+                worst["ort_vs_torch"] = max(worst["ort_vs_torch"], _maxdiff(a, b.numpy()))
+            for name, b in zip(spec.outputs, out_t):
+                worst["step_vs_full"] = max(
+                    worst["step_vs_full"], _maxdiff(b.numpy(), full[name][:, t].numpy())
+                )
+            state_t = dict(zip(state_t, out_t[n_out:]))
+            state_o = dict(zip(state_o, out_o[n_out:]))
+    for what, diff in worst.items():
+        if not diff <= atol:
+            raise ParityError(
+                f"{onnx_path}: {what} differs by {diff:.3g} > {atol} (batch {batch}, {steps} steps)"
+            )
+    return worst
+
+
+def _maxdiff(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+
+
+def export_checkpoint(
+    ckpt_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    batch_sizes: tuple[int, ...] = (1, 3),
+    steps: int = 64,
+    atol: float = 1e-4,
+) -> dict:
+    """Checkpoint -> ONNX model file with metadata; parity-checked at ``batch_sizes``.
+
+    Returns a report: the metadata written, the file size, the parity differences and the
+    export time. On a parity failure nothing is written and ParityError is raised.
+    """
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(ckpt_path)
+    model = build_model(ckpt)
+    if model.protocol not in PROTOCOL_IO:
+        raise ModelError(
+            f"{ckpt_path}: protocol {model.protocol!r} is not one the runtime "
+            f"knows ({sorted(PROTOCOL_IO)})"
+        )
+    spec = model.export_spec()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and moved over it only once checked: a failed export never
+    # replaces a good model file.
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        export_onnx(spec, tmp)
+        meta = metadata(model, ckpt, spec)
+        write_metadata(tmp, meta)
+        parity = {b: check_parity(spec, tmp, batch=b, steps=steps, atol=atol) for b in batch_sizes}
+        modelfile.load(tmp)  # the runtime accepts it: metadata agrees with the graph
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "path": str(out_path),
+        "bytes": out_path.stat().st_size,
+        "metadata": meta,
+        "parity": parity,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def main(args) -> int:
+    """`companion export CHECKPOINT -o MODEL.onnx`."""
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    report = export_checkpoint(args.checkpoint, args.output)
+    meta = report["metadata"]
+    worst = max(max(p.values()) for p in report["parity"].values())
+    print(
+        f"{report['path']}: {meta['family']} ({meta['protocol']}), "
+        f"{int(meta['parameters']):,} parameters, {report['bytes'] / 1e6:.2f} MB; "
+        f"parity at batch {', '.join(map(str, report['parity']))}: max diff {worst:.2g}; "
+        f"{report['seconds']:.1f} s"
+    )
+    return 0

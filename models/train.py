@@ -1,0 +1,555 @@
+"""The one training loop: ``companion train CONFIG.toml [--resume] [--device auto|cpu|cuda]``.
+
+A config names a model family and its args ([model]), a representation ([representation]),
+a corpus ([data]) and how to train ([train]); every key is checked before anything runs
+(ConfigError naming the file and the key). The loop: AdamW, linear warm-up then cosine
+decay (over max_steps or max_minutes, whichever ends first), gradient clipping, evaluation
+on the whole validation split every ``eval_every`` steps, early stopping after ``patience``
+evaluations without improvement, and the test split evaluated once at the end with the best
+weights. It talks to the family only through its module's ``build`` and ``batches`` and
+the model's ``loss`` (docs/ARCHITECTURE.md, "Family modules").
+
+Writes to ``[train] out`` (default runs/<config name>): ``best.pt``, the self-describing
+checkpoint that ``companion export`` takes, and ``last.pt`` (the same plus the optimizer
+and the data position) that ``--resume`` continues from.
+
+Data parallel: the same command under torchrun (gloo on CPU, NCCL on GPU), e.g.
+``torchrun --standalone --nproc_per_node=2 -m models.train CONFIG.toml``. Every rank draws
+the same batch stream and takes its own share of it (``data.shard``); validation and test
+pieces are divided among the ranks and the sums reduced.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import os
+import sys
+import time
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from companion.errors import ConfigError, RepresentationError
+from export.onnx_export import CHECKPOINT_FORMAT
+from models import FAMILY_MODULES, data
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+_REQUIRED = object()
+# table -> key -> (types, default); [model] and [representation] take free args besides
+# `family` / `name`, checked by the family's build and the representation's params. A family
+# module may add [train] keys its `batches` reads: TRAIN_KEYS, in the same form.
+SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
+    "data": {
+        "corpus": ((str,), _REQUIRED),  # models.corpora spec, or "benchmark:<name>"
+        "augment": ((list,), [0, 0]),  # transposition range [lo, hi] semitones, inclusive
+        "valid": ((float, int), 0.1),  # fractions of pieces (ignored for benchmarks)
+        "test": ((float, int), 0.1),
+        "seed": ((int,), 0),  # split seed
+        "limit": ((int,), None),  # at most this many pieces
+    },
+    "train": {
+        "batch_size": ((int,), 32),
+        "seq_len": ((int,), 128),  # steps per training window (predicted units)
+        "lr": ((float, int), 2e-3),
+        "min_lr": ((float, int), None),  # end of the cosine; default lr / 10
+        "weight_decay": ((float, int), 0.01),
+        "warmup": ((int,), 100),  # steps of linear warm-up
+        "decay": ((str,), "cosine"),  # "cosine" | "none"
+        "grad_clip": ((float, int), 1.0),  # max gradient norm; 0 = off
+        "dropout": ((float, int), 0.1),  # passed to the family's build
+        "max_steps": ((int,), 0),  # 0 = no limit (then max_minutes must be set)
+        "max_minutes": ((float, int), 0),  # 0 = no limit
+        "eval_every": ((int,), 200),
+        "patience": ((int,), 0),  # evaluations without improvement; 0 = never stop early
+        "seed": ((int,), 0),
+        "out": ((str,), None),  # default runs/<config file stem>
+        "device": ((str,), "auto"),  # "auto" | "cpu" | "cuda"
+    },
+}
+
+
+# ---- config ---------------------------------------------------------------------------------
+def load_config(path: str | os.PathLike) -> dict:
+    """Read and check a training config; defaults filled in. ConfigError names file and key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: no such config file") from err
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable TOML file ({err})") from err
+    return check_config(raw, path)
+
+
+def check_config(raw: dict, path: Path) -> dict:
+    def fail(table: str, key: str, must: str, got: Any = _REQUIRED) -> ConfigError:
+        received = "" if got is _REQUIRED else f" (received {got!r})"
+        return ConfigError(f"{path}: [{table}] {key} {must}{received}")
+
+    unknown = set(raw) - {"model", "representation", "data", "train"}
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown table(s) {sorted(unknown)}; allowed: [model], "
+            "[representation], [data], [train]"
+        )
+    cfg: dict[str, dict] = {}
+    for table in ("model", "representation"):
+        t = raw.get(table)
+        if not isinstance(t, dict):
+            raise ConfigError(f"{path}: [{table}] table is missing")
+        cfg[table] = dict(t)
+    family = cfg["model"].get("family")
+    if family not in FAMILY_MODULES:
+        raise fail("model", "family", f"must be one of {sorted(FAMILY_MODULES)}", family)
+    if "dropout" in cfg["model"]:
+        raise fail("model", "dropout", "belongs in [train]")
+    from companion.representations import REGISTRY
+
+    name = cfg["representation"].get("name")
+    if name not in REGISTRY:
+        raise fail("representation", "name", f"must be one of {sorted(REGISTRY)}", name)
+    family_keys = getattr(import_module(FAMILY_MODULES[family]), "TRAIN_KEYS", {})
+    for table, schema in SCHEMA.items():
+        schema = {**schema, **family_keys} if table == "train" else schema
+        t = raw.get(table, {})
+        if not isinstance(t, dict):
+            raise ConfigError(f"{path}: [{table}] must be a table")
+        extra = set(t) - set(schema)
+        if extra:
+            raise ConfigError(
+                f"{path}: [{table}] unknown key(s) {sorted(extra)}; allowed: {sorted(schema)}"
+            )
+        out = {}
+        for key, (types, default) in schema.items():
+            if key not in t:
+                if default is _REQUIRED:
+                    raise fail(table, key, "is required")
+                out[key] = copy.copy(default)
+                continue
+            v = t[key]
+            if isinstance(v, bool) or not isinstance(v, types):
+                raise fail(table, key, f"must be {' or '.join(x.__name__ for x in types)}", v)
+            out[key] = float(v) if float in types else v
+        cfg[table] = out
+    d, tr = cfg["data"], cfg["train"]
+    data.check_shifts(d["augment"], f"{path}: [data] augment")
+    for key in ("valid", "test"):
+        if not 0 <= d[key] < 1:
+            raise fail("data", key, "must be a fraction in [0, 1)", d[key])
+    if d["valid"] + d["test"] >= 1:
+        raise fail("data", "valid + test", "must be < 1", d["valid"] + d["test"])
+    if d["limit"] is not None and d["limit"] < 3:
+        raise fail("data", "limit", "must be >= 3", d["limit"])
+    for key in ("batch_size", "seq_len", "eval_every"):
+        if tr[key] < 1:
+            raise fail("train", key, "must be >= 1", tr[key])
+    for key in ("lr",):
+        if not tr[key] > 0:
+            raise fail("train", key, "must be > 0", tr[key])
+    for key in ("weight_decay", "grad_clip", "max_minutes", "max_steps", "warmup", "patience"):
+        if tr[key] < 0:
+            raise fail("train", key, "must be >= 0", tr[key])
+    if not 0 <= tr["dropout"] < 1:
+        raise fail("train", "dropout", "must be in [0, 1)", tr["dropout"])
+    if tr["min_lr"] is None:
+        tr["min_lr"] = tr["lr"] / 10
+    elif not 0 <= tr["min_lr"] <= tr["lr"]:
+        raise fail("train", "min_lr", "must be in [0, lr]", tr["min_lr"])
+    if tr["decay"] not in ("cosine", "none"):
+        raise fail("train", "decay", 'must be "cosine" or "none"', tr["decay"])
+    if tr["device"] not in ("auto", "cpu", "cuda"):
+        raise fail("train", "device", 'must be "auto", "cpu" or "cuda"', tr["device"])
+    if not tr["max_steps"] and not tr["max_minutes"]:
+        raise fail("train", "max_steps", "or max_minutes must be set (> 0)")
+    if tr["out"] is None:
+        tr["out"] = str(Path("runs") / path.stem)
+    return cfg
+
+
+def make_representation(cfg: dict, path: Path):
+    from companion.representations import REGISTRY
+
+    params = {k: v for k, v in cfg["representation"].items() if k != "name"}
+    name = cfg["representation"]["name"]
+    try:
+        return REGISTRY[name](**params)
+    except (RepresentationError, TypeError) as err:
+        raise ConfigError(f"{path}: [representation] {err}") from err
+
+
+def make_model(cfg: dict, rep, path: Path) -> tuple[nn.Module, Any]:
+    family = cfg["model"]["family"]
+    module = import_module(FAMILY_MODULES[family])
+    args = {k: v for k, v in cfg["model"].items() if k != "family"}
+    try:
+        model = module.build(family, rep, dropout=cfg["train"]["dropout"], **args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: [model] {err}") from err
+    return model, module
+
+
+# ---- the loop -------------------------------------------------------------------------------
+class _LossOf(nn.Module):
+    """DDP syncs gradients of what runs through forward(), so the loss runs there."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.loss(batch)
+
+
+def lr_at(step: int, progress: float, tr: dict) -> float:
+    """Linear warm-up over `warmup` steps, times a cosine from lr to min_lr over progress."""
+    lr = tr["lr"]
+    if tr["decay"] == "cosine":
+        p = min(max(progress, 0.0), 1.0)
+        lr = tr["min_lr"] + (tr["lr"] - tr["min_lr"]) * 0.5 * (1 + math.cos(math.pi * p))
+    if step < tr["warmup"]:
+        lr *= (step + 1) / tr["warmup"]
+    return lr
+
+
+def unit_of(model: nn.Module, rep) -> str:
+    return getattr(model, "unit", "frame" if rep.kind == "frames" else "token")
+
+
+@torch.no_grad()
+def evaluate(model, module, pieces, rep, tr, device, rank=0, world=1) -> tuple[float, int]:
+    """(mean NLL in nats per unit, units) over whole pieces, shared among the ranks."""
+    was = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for batch in module.batches(pieces[rank::world], rep, tr, None, False):
+        nll, n = model.loss(_to(batch, device))
+        total += torch.stack([nll.double(), torch.as_tensor(n, device=device).double()])
+    if world > 1:
+        dist.all_reduce(total)
+    model.train(was)
+    nll, n = total.tolist()
+    return (nll / n if n else float("nan")), int(n)
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _digest(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _device(choice: str, local_rank: int) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda requested but torch sees no CUDA device")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def train(
+    config_path: str | os.PathLike,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run a config; return the best checkpoint's dict (rank 0) or {} (other ranks)."""
+    config_path = Path(config_path)
+    cfg = load_config(config_path)
+    tr = cfg["train"]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _device(device or tr["device"], local_rank)
+    if world > 1:
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    try:
+        return _run(cfg, config_path, resume, dev, rank, world, progress and rank == 0)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
+    from tqdm import tqdm
+
+    tr, dcfg = cfg["train"], cfg["data"]
+    out = Path(tr["out"])
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    state = None
+    if resume:
+        if not last_path.is_file():
+            raise ConfigError(f"{config_path}: --resume but there is no {last_path}")
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        for table in ("model", "representation", "data"):
+            if state["config"][table] != cfg[table]:
+                raise ConfigError(
+                    f"{config_path}: [{table}] differs from {last_path}'s; "
+                    "resume needs the same model, representation and data"
+                )
+
+    corpus = data.load_data(dcfg, progress=progress)
+    shifts = tuple(dcfg["augment"])
+    if state is None:
+        rep = make_representation(cfg, config_path)
+        if hasattr(rep, "fit"):  # a data-derived vocabulary, from every training key
+            lo, hi = shifts
+            rep.fit([s.transposed(k) for s in corpus.scores["train"] for k in range(lo, hi + 1)])
+    else:
+        from companion.representations import from_dict
+
+        rep = from_dict(state["representation"])
+    torch.manual_seed(tr["seed"])
+    model, module = make_model(cfg, rep, config_path)
+    model.to(dev)
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+    valid = data.encode(corpus.scores["valid"], rep)
+    test = data.encode(corpus.scores["test"], rep)
+    fixed_train = None if shifts[1] > shifts[0] else data.encode(corpus.scores["train"], rep, shifts)
+
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": tr["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=tr["lr"],
+        fused=dev.type == "cuda",
+    )
+    run = {
+        "step": 0,
+        "epoch": 0,
+        "batch": 0,
+        "seconds": 0.0,
+        "train_seconds": 0.0,
+        "units": 0,
+        "best_valid": float("inf"),
+        "best_step": 0,
+        "bad_evals": 0,
+    }
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        run.update(state["resume"])
+        torch.set_rng_state(state["torch_rng"])
+    best_state = None if state is None else state.get("best_state_dict")
+    net = _LossOf(model)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    unit = unit_of(model, rep)
+    n_params = sum(p.numel() for p in model.parameters())
+    corpus_record = {**corpus.record(), "augment": list(shifts)}
+    if progress:
+        print(
+            f"{cfg['model']['family']} ({n_params:,} parameters) on {rep.name}, vocab "
+            f"{rep.vocab_size}; {corpus.name}: {corpus_record['split']} pieces; device "
+            f"{dev}{f' x {world} ranks' if world > 1 else ''}",
+            flush=True,
+        )
+
+    def checkpoint(metrics: dict, with_optimizer: bool) -> dict:
+        ck = {
+            "format": CHECKPOINT_FORMAT,
+            "family": cfg["model"]["family"],
+            "model_args": dict(model.model_args),
+            "state_dict": _cpu(model.state_dict()),
+            "representation": rep.to_dict(),
+            "config": cfg,
+            "corpus": corpus_record,
+            "metrics": metrics,
+            "train": {
+                "step": run["step"],
+                "seconds": round(run["seconds"], 1),
+                "tokens_per_s": round(run["units"] / max(run["train_seconds"], 1e-9), 1),
+                "world_size": world,
+                "device": dev.type,
+            },
+        }
+        if with_optimizer:
+            ck.update(
+                optimizer=opt.state_dict(),
+                resume=dict(run),
+                torch_rng=torch.get_rng_state(),
+                best_state_dict=best_state,
+            )
+        return ck
+
+    def save(ck: dict, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(ck, tmp)
+        os.replace(tmp, path)
+
+    max_s = tr["max_minutes"] * 60
+    t_start = time.perf_counter() - run["seconds"]
+    data_hash = hashlib.sha256()
+    seen_units = 0
+    bar = tqdm(
+        total=tr["max_steps"] or None,
+        initial=run["step"],
+        disable=not progress,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1 if sys.stderr.isatty() else 30,
+    )
+    ema, stop = None, False
+    model.train()
+    while not stop:
+        rng = np.random.default_rng([tr["seed"], run["epoch"]])
+        pieces = (
+            fixed_train
+            if fixed_train is not None
+            else data.encode(corpus.scores["train"], rep, shifts, rng)
+        )
+        stream = data.shard(module.batches(pieces, rep, tr, rng, True), rank, world)
+        for i, batch in enumerate(stream):
+            if i < run["batch"]:
+                continue  # resuming mid-epoch: the stream is replayed up to where it was
+            t0 = time.perf_counter()
+            elapsed = t0 - t_start
+            progress_frac = max(
+                run["step"] / tr["max_steps"] if tr["max_steps"] else 0.0,
+                elapsed / max_s if max_s else 0.0,
+            )
+            for g in opt.param_groups:
+                g["lr"] = lr_at(run["step"], progress_frac, tr)
+            batch = _to(batch, dev)
+            nll, n = net(batch)
+            loss = nll / n
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tr["grad_clip"]:
+                nn.utils.clip_grad_norm_(model.parameters(), tr["grad_clip"])
+            opt.step()
+            if world > 1:  # what this rank trained on, for the summary line
+                data_hash.update(next(iter(batch.values())).cpu().numpy().tobytes())
+            units = int(n)
+            seen_units += units
+            run["step"] += 1
+            run["batch"] = i + 1
+            run["units"] += units * world
+            now = time.perf_counter()
+            run["train_seconds"] += now - t0
+            run["seconds"] = now - t_start
+            ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{ema:.3f}", tok_s=f"{run['units'] / run['train_seconds']:.0f}", refresh=False
+            )
+            done = bool(tr["max_steps"] and run["step"] >= tr["max_steps"])
+            if max_s:
+                done = done or _agree(run["seconds"] >= max_s, dev, world)
+            if run["step"] % tr["eval_every"] == 0 or done:
+                v, _ = evaluate(model, module, valid, rep, tr, dev, rank, world)
+                improved = v < run["best_valid"]
+                if improved:
+                    run.update(best_valid=v, best_step=run["step"], bad_evals=0)
+                    best_state = _cpu(model.state_dict())
+                else:
+                    run["bad_evals"] += 1
+                if progress:
+                    bar.write(
+                        f"step {run['step']}: train {ema:.4f} valid {v:.4f} nats/{unit}"
+                        f"{' (best)' if improved else ''}; lr {opt.param_groups[0]['lr']:.2e}"
+                        f"; {run['units'] / run['train_seconds']:.0f} {unit}s/s"
+                    )
+                metrics = {
+                    "valid_nll": run["best_valid"],
+                    "test_nll": None,
+                    "unit": unit,
+                    "train_nll": ema,
+                }
+                if rank == 0:
+                    if improved:
+                        save(checkpoint(metrics, False), best_path)
+                    save(checkpoint(metrics, True), last_path)
+                if tr["patience"] and run["bad_evals"] >= tr["patience"]:
+                    if progress:
+                        bar.write(f"early stop: no improvement in {tr['patience']} evaluations")
+                    done = True
+            if done:
+                stop = True
+                break
+        else:
+            run["epoch"] += 1
+            run["batch"] = 0
+    bar.close()
+
+    # the test split, once, with the best weights
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    t, n_test = evaluate(model, module, test, rep, tr, dev, rank, world) if test else (None, 0)
+    metrics = {
+        "valid_nll": run["best_valid"],
+        "test_nll": t,
+        "unit": unit,
+        "train_nll": ema,
+        "best_step": run["best_step"],
+        "test_units": n_test,
+    }
+    if world > 1:
+        # one write per line, so the ranks' lines do not interleave on a shared stdout
+        sys.stdout.write(
+            f"rank {rank}/{world}: {run['step']} steps, {seen_units} {unit}s, "
+            f"data {data_hash.hexdigest()[:16]}, weights "
+            f"{_digest(model.parameters())}\n"
+        )
+        sys.stdout.flush()
+    if rank != 0:
+        return {}
+    ck = checkpoint(metrics, False)
+    save(ck, best_path)
+    if progress:
+        test_txt = "no test split" if t is None else f"test {t:.4f}"
+        print(
+            f"best valid {run['best_valid']:.4f} nats/{unit} (step {run['best_step']}), "
+            f"{test_txt}; {run['step']} steps in {run['seconds'] / 60:.1f} min, "
+            f"{ck['train']['tokens_per_s']:.0f} {unit}s/s; wrote {best_path}",
+            flush=True,
+        )
+    return ck
+
+
+def _agree(flag: bool, dev, world: int) -> bool:
+    """Every rank stops when any rank says so (time budgets differ by a few ms)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _cpu(sd: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+
+
+def main(args) -> int:
+    """`companion train` (args: config, resume, device)."""
+    train(args.config, resume=args.resume, device=args.device)
+    return 0
+
+
+if __name__ == "__main__":  # torchrun --standalone --nproc_per_node=2 -m models.train CFG
+    from companion.cli import main as cli_main
+
+    sys.exit(cli_main(["train", *sys.argv[1:]]))

@@ -1,0 +1,24 @@
+"""companion/ never imports torch: start-up stays fast and players install no torch."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_no_torch_import_in_runtime_sources():
+    pattern = re.compile(r"^\s*(import torch|from torch)", re.M)
+    offenders = [str(p) for p in (ROOT / "companion").rglob("*.py")
+                 if pattern.search(p.read_text())]
+    assert offenders == []
+
+
+def test_runtime_modules_import_with_torch_blocked():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import companion.cli, companion.daemon, companion.performer, companion.offline, "
+            "companion.representations, companion.engine, companion.voices\n"
+            "print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr

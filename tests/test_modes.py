@@ -1,0 +1,137 @@
+"""The modes through the offline path (virtual clock, same Performer as live), with a small
+real model trained and exported by the project's own commands."""
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from companion import presets
+from companion.offline import perform
+from companion.score import Note, Score
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+PRESET = """
+model = "{model}"
+mode = "continue"
+on_input = "{on_input}"
+[[tracks]]
+name = "answer"
+channel = 3
+program = 73
+[timing]
+bars = {bars}
+silence_beats = 1.0
+start_on = "{start_on}"
+"""
+
+
+def companion(*args, cwd):
+    r = subprocess.run([sys.executable, "-m", "companion", *map(str, args)], cwd=cwd,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def token_model(tmp_path_factory):
+    """tiny-lstm (events over a few Bach chorales), trained and exported for real."""
+    d = tmp_path_factory.mktemp("tiny")
+    companion("train", ROOT / "models/configs/tiny-lstm.toml", cwd=d)
+    companion("export", d / "runs/tiny-lstm/best.pt", "-o", d / "tiny.onnx", cwd=d)
+    return d / "tiny.onnx"
+
+
+def make_preset(tmp_path, model, **kw):
+    values = dict(model=model, on_input="interrupt", bars=2, start_on="beat") | kw
+    path = tmp_path / "p.toml"
+    path.write_text(PRESET.format(**values))
+    return presets.load(str(path))
+
+
+def phrase(start=0.0, n=8):
+    return [Note(start + i * 0.5, 60 + (i * 2) % 12, 0.5, 90) for i in range(n)]
+
+
+def pairs_ok(score):
+    """Every note has positive length (the reader pairs note-ons with note-offs)."""
+    return all(n.duration > 0 for t in score.tracks for n in t.notes)
+
+
+def test_continue_answers_after_the_phrase_on_the_next_beat(tmp_path, token_model):
+    preset = make_preset(tmp_path, token_model)
+    score = Score.from_notes(phrase())
+    out = perform(preset, score, seed=1)
+    player, answer = out.tracks
+    assert [n.pitch for n in player.notes] == [n.pitch for n in score.notes]
+    assert answer.channel == 2 and answer.program == 73
+    assert answer.notes, "the model answered nothing"
+    # The phrase ends at beat 4: the response starts on the next beat and lasts 2 bars.
+    assert score.end == 4.0
+    assert all(5.0 - 1e-6 <= n.onset and n.end <= 5.0 + 8 + 1e-6 for n in answer.notes)
+    assert pairs_ok(out)
+
+
+def test_continue_is_deterministic_for_a_seed(tmp_path, token_model):
+    preset = make_preset(tmp_path, token_model)
+    score = Score.from_notes(phrase())
+    a = perform(preset, score, seed=7).tracks[1].notes
+    b = perform(preset, score, seed=7).tracks[1].notes
+    c = perform(preset, score, seed=8).tracks[1].notes
+    assert a == b
+    assert a != c
+
+
+def test_start_on_bar_and_bars_override(tmp_path, token_model):
+    preset = make_preset(tmp_path, token_model, start_on="bar")
+    out = perform(preset, Score.from_notes(phrase(n=5)), seed=2, bars=1)
+    answer = out.tracks[1].notes
+    assert answer and min(n.onset for n in answer) >= 4.0 - 1e-6
+    assert max(n.end for n in answer) <= 8.0 + 1e-6
+
+
+def test_new_input_interrupts_or_overlaps_the_response(tmp_path, token_model):
+    # With the default silence the first phrase gets answered; the second phrase starts
+    # during the answer (beat 6), so with "interrupt" nothing of the answer sounds after it.
+    first = phrase(0.0)
+    second = phrase(6.0, n=2)
+    score = Score.from_notes(first + second)
+    for on_input in ("interrupt", "overlap"):
+        preset = make_preset(tmp_path, token_model, on_input=on_input, bars=4)
+        preset = replace(preset, timing=replace(preset.timing, silence_beats=1.0))
+        out = perform(preset, score, seed=3)
+        answer = out.tracks[1].notes
+        if on_input == "interrupt":
+            assert all(n.onset <= 6.0 + 1e-6 for n in answer if n.onset < 7.0)
+            assert all(n.end <= 6.0 + 1e-6 for n in answer if n.onset < 6.0)
+        assert pairs_ok(out)
+
+
+def test_cli_continue_writes_input_plus_answer(tmp_path, token_model):
+    preset = make_preset(tmp_path, token_model)
+    Score.from_notes(phrase()).to_midi(tmp_path / "in.mid")
+    companion("continue", preset.path, tmp_path / "in.mid", "-o", tmp_path / "out.mid",
+              "--bars", 1, "--seed", 4, cwd=tmp_path)
+    out = Score.from_midi(tmp_path / "out.mid")
+    assert len(out.tracks) == 2 and out.tracks[1].notes
+
+
+def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, token_model):
+    preset = make_preset(tmp_path, token_model)
+    (tmp_path / "notmidi.mid").write_text("hello")
+    cases = [
+        ["continue", preset.path, tmp_path / "notmidi.mid", "-o", tmp_path / "o.mid"],
+        ["continue", preset.path, tmp_path / "missing.mid", "-o", tmp_path / "o.mid"],
+    ]
+    (tmp_path / "trunc.onnx").write_bytes(token_model.read_bytes()[:1000])
+    cases.append(["continue", make_preset(tmp_path, tmp_path / "trunc.onnx").path,
+                  tmp_path / "notmidi.mid", "-o", tmp_path / "o.mid"])
+    for args in cases:
+        r = subprocess.run([sys.executable, "-m", "companion", *map(str, args)], cwd=tmp_path,
+                           capture_output=True, text=True)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr

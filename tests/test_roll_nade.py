@@ -1,0 +1,109 @@
+"""roll-nade-lstm: the frame probability is exact (sums to one over every set of keys),
+the training loss equals the step protocol's token by token, batches augment within the
+keyboard, and the `nade-step` graph exports with parity (ORT = torch, step = full)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from models import roll_nade as rn
+
+torch.set_num_threads(1)
+
+
+def tiny(keys: int = 88, local_kernel: int = 5, seed: int = 0) -> rn.RollNade:
+    torch.manual_seed(seed)
+    return rn.RollNade(keys=keys, hidden=16, layers=2, dec_hidden=12, dec_embed=8,
+                       dropout=0.0, local_kernel=local_kernel).eval()
+
+
+rolls = arrays(np.uint8, st.tuples(st.integers(1, 12), st.just(88)),
+               elements=st.sampled_from([0, 0, 0, 0, 0, 0, 0, 0, 0, 1]))
+
+
+@given(rolls)
+def test_frame_tokens_are_ascending_keys_then_end(roll):
+    toks = rn.frame_tokens(roll)
+    for frame, row in zip(roll, toks):
+        keys = np.nonzero(frame)[0]
+        n = len(keys)
+        assert list(row[:n]) == list(keys) and row[n] == 88 and (row[n + 1:] == -1).all()
+    stream = rn.stream_tokens(roll)
+    assert stream[0] == 88 and (stream == 88).sum() == len(roll) + 1
+
+
+@pytest.mark.parametrize("local_kernel", [0, 3])
+def test_frame_distribution_sums_to_one(local_kernel):
+    """Over all 2^P sets of a 5-key roll, exp(-NLL of the frame) sums to 1, in any context."""
+    P = 5
+    model = tiny(keys=P, local_kernel=local_kernel)
+    rng = np.random.default_rng(0)
+    context = (rng.random((3, P)) < 0.4).astype(np.uint8)
+    sets = np.array(list(itertools.product([0, 1], repeat=P)), dtype=np.uint8)
+    pieces = [np.concatenate([context, s[None]]) for s in sets]
+    with torch.no_grad():
+        nll = model.per_frame_nll(rn.collate(pieces)).view(len(sets), -1)[:, -1]
+    assert math.isclose(float(torch.exp(-nll.double()).sum()), 1.0, rel_tol=1e-5)
+
+
+def test_loss_equals_the_step_protocol_token_by_token():
+    model = tiny()
+    rng = np.random.default_rng(1)
+    pieces = [(rng.random((n, 88)) < 0.05).astype(np.uint8) for n in (7, 4)]
+    with torch.no_grad():
+        nll, frames = model.loss(rn.collate(pieces))
+    step, total = rn.NadeStep(model), 0.0
+    for piece in pieces:
+        toks = rn.stream_tokens(piece)
+        state = step.zero_state(1)
+        ends = 0
+        with torch.no_grad():
+            for tok, nxt in zip(toks[:-1], toks[1:]):
+                ends += tok == 88
+                logits, *state = step(torch.tensor([[tok]]), *state)
+                if ends >= 2:  # the next token belongs to frame >= 1
+                    lp = rn.mask_logits(logits, torch.tensor([tok])).log_softmax(-1)
+                    total -= float(lp[0, nxt])
+    assert frames == sum(len(p) - 1 for p in pieces)
+    assert math.isclose(float(nll), total, rel_tol=1e-5)
+
+
+def test_training_batches_transpose_within_the_keyboard():
+    rng = np.random.default_rng(0)
+    roll = np.zeros((40, 88), np.uint8)
+    roll[:, [0, 5]] = 1  # the lowest key: no shift below 0 fits
+    cfg = {"batch_size": 4, "seq_len": 16, "transpose": [-6, 5]}
+    frames = 0
+    for batch in rn.batches([roll], None, cfg, rng, train=True):
+        counts = batch["frames"].sum(-1)  # [B, T] keys per frame; 0 = padding
+        assert ((counts == 0) | (counts == 2)).all()  # no note fell off the keyboard
+        n = int((counts > 0).sum())
+        assert int(batch["valid"].sum()) == n - len(counts)  # each window's first: context
+        frames += n
+    assert frames == 40  # windows cover the piece once
+
+
+@pytest.mark.slow
+def test_export_parity_at_other_batch_sizes(tmp_path):
+    from companion import benchmarks
+    from export import export_checkpoint
+
+    model = tiny()
+    ckpt = tmp_path / "nade.pt"
+    torch.save({"format": "midi-companion-checkpoint/1", "family": rn.FAMILY,
+                "model_args": model.model_args, "state_dict": model.state_dict(),
+                "representation": benchmarks.representation("jsb").to_dict(),
+                "corpus": {"name": "test"}, "metrics": {}}, ckpt)
+    report = export_checkpoint(ckpt, tmp_path / "nade.onnx", batch_sizes=(1, 3), steps=64)
+    for batch in (1, 3):
+        assert report["parity"][batch]["ort_vs_torch"] <= 1e-4
+        assert report["parity"][batch]["step_vs_full"] <= 1e-4
+    assert report["metadata"]["protocol"] == "nade-step"
