@@ -82,7 +82,8 @@ def representation(name: str) -> PianoRoll:
 
 def load(name: str) -> dict[str, list[np.ndarray]]:
     """{"train", "valid", "test"}: lists of uint8 rolls [T, 88] of benchmark `name`."""
-    cached = _load_rolls(str(data_dir()), _checked(name))
+    name = _checked(name)  # an unknown name is the error, wherever the data is
+    cached = _load_rolls(str(data_dir()), name)
     return {split: list(cached[split]) for split in SPLITS}
 
 

@@ -44,6 +44,9 @@ class Daemon:
         self.recorder = Recorder(record, self.bpm) if record else None
         self.scheduler = Scheduler(self._send, now_ns=now_ns,
                                    tolerance_ns=int(preset.timing.tolerance_ms * 1e6)).start()
+        if clock_kind == "internal":  # where beat 0 fell (perf_counter_ns), so scripts and
+            # tests on this machine can line up with our beats
+            self.event("clock", bpm=self.bpm, beat0_ns=self.clock.time_at(0.0))
         self.performer = self._perform(preset)
 
     # ---- output ------------------------------------------------------------------------
@@ -61,6 +64,8 @@ class Daemon:
                                         preset.tracks + preset.solo_tracks})
         self.event("preset", name=preset.name, mode=preset.mode,
                    provider=",".join(performer.providers))
+        for conflict in {e.conflict for e in performer.engines if e.conflict}:
+            print(f"midi-companion: warning: {conflict}", file=sys.stderr)
         return performer
 
     def switch(self, index: int) -> None:
