@@ -8,6 +8,7 @@ raise CompanionError for bad input; main() prints its one sentence and returns 2
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import import_module
 
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `companion presets show jam | head`: the reader left, fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 # ---- subcommands -------------------------------------------------------------------------
@@ -157,3 +161,24 @@ def _train_args(p):
 def _export_args(p):
     p.add_argument("checkpoint", metavar="CHECKPOINT.pt")
     p.add_argument("-o", "--output", metavar="MODEL.onnx", required=True)
+
+
+@command("bench", "companion.bench:main",
+         "Measure latency, timing, inference, start-up and memory through a private JACK "
+         "server; write docs/BENCHMARKS.md and its JSON.")
+def _bench_args(p):
+    p.add_argument("--smoke", action="store_true",
+                   help="short runs (a 30 s session instead of 10 minutes), e.g. for CI")
+    p.add_argument("--period", type=int, default=64, help="JACK period in frames")
+    p.add_argument("--rate", type=int, default=48000, help="JACK sample rate in Hz")
+    p.add_argument("--jack-async", action="store_true",
+                   help="run jackd in its default asynchronous mode instead of -S (a late "
+                        "client then loses that cycle's MIDI)")
+    p.add_argument("--session-s", type=float,
+                   help="length of the continuous-play session in seconds")
+    p.add_argument("--zoo", metavar="DIR", help="where the models are (default: models/zoo)")
+    p.add_argument("--only", nargs="+", choices=["floor", "harmonize", "timing", "session",
+                                                 "startup", "engine"],
+                   help="run only these measurements")
+    p.add_argument("--markdown", default="docs/BENCHMARKS.md", metavar="FILE.md")
+    p.add_argument("--json", default="docs/benchmarks.json", metavar="FILE.json")

@@ -17,6 +17,7 @@ import threading
 import time
 
 from companion import ports, presets
+from companion.errors import CompanionError
 from companion.performer import Performer, make_clock
 from companion.recorder import FLUSH_EVERY_S, Recorder
 from companion.scheduler import Scheduler, configure_realtime
@@ -28,7 +29,7 @@ STATUS_EVERY_S = 0.5
 class Daemon:
     def __init__(self, preset, inp, out, *, clock_kind="internal", bpm=None, seed=None,
                  record=None, quiet=False, log_json=False, now_ns=time.perf_counter_ns,
-                 status_stream=sys.stderr):
+                 status_stream=sys.stderr, stopping: threading.Event | None = None):
         self.preset = preset
         self.inp, self.out = inp, out
         self.clock_kind = clock_kind
@@ -37,7 +38,7 @@ class Daemon:
         self.quiet, self.log_json = quiet, log_json
         self.now_ns = now_ns
         self.status_stream = status_stream
-        self.stopping = threading.Event()
+        self.stopping = stopping or threading.Event()
         self.clock = make_clock(clock_kind, self.bpm, preset.timing.beats_per_bar, now_ns)
         if clock_kind == "internal":
             self.clock.start()
@@ -74,10 +75,17 @@ class Daemon:
         if not 0 <= index < len(names):
             self.event("program_change_ignored", program=index, presets=len(names))
             return
-        new = presets.load(str(names[index]))
         self.performer.stop_sound(self.now_ns())
-        self.preset = new
-        self.performer = self._perform(new)
+        try:
+            new = presets.load(str(names[index]))
+            performer = self._perform(new)
+        except CompanionError as err:  # its model is missing or broken: keep the current one
+            self.event("program_change_failed", program=index, error=str(err))
+            if not self.log_json:
+                print(f"\nmidi-companion: Program Change {index} ignored: {err}",
+                      file=sys.stderr)
+            return
+        self.preset, self.performer = new, performer
 
     # ---- loop --------------------------------------------------------------------------
     def run(self) -> int:
@@ -93,7 +101,7 @@ class Daemon:
                     self.switch(pc)
                 mono = time.monotonic()
                 if self.recorder is not None and mono - last_flush >= FLUSH_EVERY_S:
-                    self.recorder.flush()
+                    self.recorder.flush_in_background()
                     last_flush = mono
                 if mono - last_status >= STATUS_EVERY_S:
                     self.status()
@@ -164,6 +172,11 @@ def main(args) -> int:
     """Entry point of `companion run`."""
     preset = presets.load(args.preset)
     configure_realtime()
+    # From here on a signal only asks to stop: one during start-up (the "preset" event is
+    # printed before run()) must not kill the process with its JACK clients still open.
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
     inp = ports.open_input(args.inp, backend=args.backend)
     try:
         out = ports.open_output(args.out, backend=args.backend)
@@ -174,7 +187,6 @@ def main(args) -> int:
         print(f"midi-companion: listening on {inp.name!r}, playing on {out.name!r} "
               f"(preset {preset.name}, {preset.mode}); Ctrl-C to stop", file=sys.stderr)
     daemon = Daemon(preset, inp, out, clock_kind=args.clock, bpm=args.bpm, seed=args.seed,
-                    record=args.record, quiet=args.quiet, log_json=args.log_json)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: daemon.stopping.set())
+                    record=args.record, quiet=args.quiet, log_json=args.log_json,
+                    stopping=stopping)
     return daemon.run()

@@ -56,9 +56,20 @@ def perform(preset: Preset, score: Score, *, seed: int = 0, bars: int | None = N
         scheduler.run_pending(now.ns)
         if played and scheduler.pending == 0 and performer.mode.idle:
             break
-        now.ns += TICK_NS
+        now.ns = next_time(now.ns, scheduler, inputs[i][0] if i < len(inputs) else None)
     scheduler.stop()
     return _result(score, preset, performer, clock, sent)
+
+
+def next_time(now_ns: int, scheduler, next_input: int | None) -> int:
+    """The next virtual instant: a tick later, or sooner when a message is due or an input
+    arrives before that, so everything is sent exactly at its due time."""
+    t = now_ns + TICK_NS
+    due = scheduler.next_due()
+    for candidate in (due, next_input):
+        if candidate is not None and now_ns < candidate < t:
+            t = candidate
+    return t
 
 
 def _input_messages(score: Score, clock) -> list[tuple[int, tuple[int, ...]]]:

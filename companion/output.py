@@ -35,5 +35,11 @@ class Output:
         """Drop what was to start after `beat` and end what sounds then (interruption)."""
         self.scheduler.cancel_after(self.clock.time_at(beat), channels=set(self.channels))
 
+    def retract_from(self, beat: float) -> list[set[int]]:
+        """Take back what was scheduled from `beat` on, releasing nothing; the pitches each
+        track will be sounding then (see Scheduler.retract)."""
+        keys = self.scheduler.retract(self.clock.time_at(beat), self.channels)
+        return [{p for ch, p in keys if ch == c} for c in self.channels]
+
     def program_changes(self) -> list[tuple[int, ...]]:
         return [(0xC0 | t.channel - 1, t.program) for t in self.tracks]

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from companion.clock import InternalClock, MidiClock
+from companion.clock import SONG_POSITION, SONG_START, SONG_STOP, InternalClock, MidiClock
 from companion.modelfile import load as load_model
 from companion.modes.continuation import Continuation
 from companion.output import Output
 from companion.presets import Preset
 
 SUSTAIN_CC = 64
+RELOCATING = (SONG_STOP, SONG_START, SONG_POSITION)  # transport messages that end the music
 
 
 @dataclass
@@ -81,9 +82,12 @@ class Performer:
         """One message stamped on arrival: transport, notes, controls."""
         status = msg[0]
         if isinstance(self.clock, MidiClock) and MidiClock.handles(msg):
-            for ev in self.clock.feed(msg, t_ns):
-                if ev.kind in ("stopped", "position"):
-                    self.stop_sound(t_ns)
+            if status in RELOCATING:
+                # Stop the mode while the position still has a time: once the clock has
+                # stopped or jumped, the mode could neither release nor forget what it was
+                # generating, and would resume it (or wait for its old position) after Start.
+                self.stop_sound(t_ns)
+            self.clock.feed(msg, t_ns)
             return
         if status >= 0xF0 or len(msg) < 2:
             return

@@ -6,9 +6,11 @@
 - backend "native" is the platform's MIDI system (ALSA sequencer, CoreMIDI, Windows MM);
   "jack" is JACK MIDI (python-rtmidi's API_UNIX_JACK).
 - Inputs stamp each message with `time.perf_counter_ns()` on arrival and hand the pair
-  `(t_ns, msg)` to a queue.SimpleQueue (or the callback given) and do nothing else: the
+  `(t_ns, msg)` to a queue.Queue (or the callback given) and do nothing else: the
   callback runs on the MIDI system's thread (for JACK its process thread), and a slow one
-  stalls it. MIDI clock is not filtered out, since MidiClock needs it.
+  stalls it. MIDI clock is not filtered out, since MidiClock needs it. Not a SimpleQueue:
+  in CPython 3.11 its get(timeout) blocks forever when a signal handler runs past the
+  deadline (the retry gets a negative timeout), which hung the daemon on SIGTERM.
 - Outputs: `send(msg)` is thread-safe; `close()` is idempotent and lets JACK flush first.
 - `loopback_pair()`: an output whose sends are recorded and delivered, through the very same
   stamping callback, to an input; for `companion demo` and for tests.
@@ -106,7 +108,7 @@ class InputPort:
 
     By default the pairs queue up on `queue` (read them with `receive`); a `callback` given
     at opening replaces the queue and is called on the MIDI thread, so it must return at once
-    (e.g. another SimpleQueue's put, to merge several inputs).
+    (e.g. another queue's put, to merge several inputs).
     """
 
     def __init__(
@@ -116,7 +118,7 @@ class InputPort:
         now_ns: Callable[[], int] = time.perf_counter_ns,
     ):
         self.name = name
-        self.queue: queue.SimpleQueue[Stamped] = queue.SimpleQueue()
+        self.queue: queue.Queue[Stamped] = queue.Queue()
         self._sink = callback if callback is not None else self.queue.put
         self._now = now_ns
         self.closed = False

@@ -3,7 +3,9 @@
 Every message the player sends and every message the companion sends is kept with its
 time; `flush()` rewrites the .mid file (written to a temporary file and renamed over the old
 one, so a kill -9 between flushes leaves the previous complete file). The daemon flushes
-every few seconds and on exit.
+every few seconds in the background (`flush_in_background`: a rewrite costs time in
+proportion to everything recorded, about 0.3 s after 10 minutes of dense play, which the
+live loop cannot spend between its ticks) and on exit.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Recorder:
         self.names = names or {}  # output channel (0-based) -> track name
         self._events: list[tuple[float, str, tuple[int, ...]]] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one writer at a time
+        self._writer: threading.Thread | None = None
         self._dirty = False
 
     def player(self, beat: float, msg) -> None:
@@ -44,19 +48,28 @@ class Recorder:
             self._dirty = True
 
     def flush(self) -> None:
-        """Write the file now (atomically); a no-op when nothing changed."""
-        with self._lock:
-            if not self._dirty:
-                return
-            events = list(self._events)
-            self._dirty = False
-        mid = self._build(events)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        mid.save(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        """Write the file now (atomically), after any write in progress; a no-op when nothing
+        changed."""
+        with self._write_lock:
+            with self._lock:
+                if not self._dirty:
+                    return
+                events = list(self._events)
+                self._dirty = False
+            mid = self._build(events)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            mid.save(tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+
+    def flush_in_background(self) -> None:
+        """`flush()` on a thread of its own, unless the previous one is still writing."""
+        if self._writer is not None and self._writer.is_alive():
+            return
+        self._writer = threading.Thread(target=self.flush, name="recorder", daemon=True)
+        self._writer.start()
 
     def _build(self, events) -> mido.MidiFile:
         mid = mido.MidiFile(type=1, ticks_per_beat=TICKS_PER_BEAT)

@@ -212,6 +212,31 @@ class Scheduler:
         self._wake.set()
         return dropped
 
+    def retract(self, ns: int, channels: Iterable[int]) -> set[tuple[int, int]]:
+        """Take back every note message due at or after `ns` on `channels` (a part that is
+        about to be generated again from there) and release nothing: returns the
+        (channel, pitch) keys that will be sounding at `ns` on those channels, which now
+        belong to the caller (their note-offs, if any were pending after `ns`, are gone)."""
+        affected = set(channels)
+        with self._lock:
+            sounding = set(self.ledger.sounding())
+            kept = []
+            for entry in self._heap:
+                due, _, _, msg = entry
+                kind, ch = note_kind(msg), _channel(msg)
+                if kind is None or ch not in affected:
+                    kept.append(entry)
+                elif due < ns:
+                    kept.append(entry)
+            for due, _, _, msg in sorted(kept):
+                kind = note_kind(msg)
+                if kind is not None and due < ns and _channel(msg) in affected:
+                    self._replay(sounding, kind, (_channel(msg), msg[1]))
+            heapq.heapify(kept)
+            self._heap = kept
+        self._wake.set()
+        return {key for key in sounding if key[0] in affected}
+
     @staticmethod
     def _replay(sounding: set[tuple[int, int]], kind: str, key: tuple[int, int]) -> None:
         if kind == "on":

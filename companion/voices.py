@@ -208,16 +208,24 @@ class Accompanist(Voice):
         self.logits = self.engine.step({"token": np.array([[token]], dtype=np.int64)})[
             "logits"][0]
 
-    def step(self, lead, rng) -> list[set[int]]:
-        """One grid step: the lead's pitches in, the accompaniment rows' pitches out."""
+    def step(self, lead, rng, rows: list[set[int]] | None = None) -> list[set[int]]:
+        """One grid step: the lead's pitches in, the accompaniment rows' pitches out; or,
+        given `rows`, those rows fed in instead of sampled (the voices held or silenced by
+        the mode), so the model knows what sounds."""
         self._step(self.begin)
-        keys = sorted(p - self.low for p in lead if 0 <= p - self.low < self.keys)
-        if self.one_per_row:
-            keys = keys[-1:]  # the representation keeps a SATB row's highest pitch
-        for k in keys:
+        for k in self._keys(lead):
             self._step(k)
         self._step(self.end)
-        rows = []
+        if rows is not None:
+            played = []
+            for row in rows:
+                keys = self._keys(row)
+                for k in keys:
+                    self._step(k)
+                self._step(self.end)
+                played.append({k + self.low for k in keys})
+            return played
+        sampled = []
         for _ in range(1, self.rows):
             row: set[int] = set()
             allowed = np.ones(self.keys + 1, dtype=bool)
@@ -230,8 +238,14 @@ class Accompanist(Voice):
                 allowed[: tok + 1] = False
                 if self.one_per_row:
                     allowed[: self.keys] = False
-            rows.append(row)
-        return rows
+            sampled.append(row)
+        return sampled
+
+    def _keys(self, pitches) -> list[int]:
+        """Key indices of `pitches` in range, ascending (a SATB row keeps its highest, as the
+        representation does)."""
+        keys = sorted(p - self.low for p in pitches if 0 <= p - self.low < self.keys)
+        return keys[-1:] if self.one_per_row else keys
 
     def snapshot(self):
         return self.engine.snapshot(), self.logits

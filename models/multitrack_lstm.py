@@ -13,7 +13,8 @@ default): the model learns p(rows 1..K-1 of step t | lead up to t, all rows befo
 
 Per-key logits: a head on the within-step LSTM (which gets a row embedding), a head on the
 context, and optionally (`local_kernel > 0`) a 1-D convolution over the pitch axis of the
-previous step's rows and this step's rows so far, read out for the current row: voice
+previous step's rows and this step's rows so far (linear when `local_channels` = 0, else
+one hidden layer of that many channels), read out for the current row: voice
 leading (the alto's last pitch) and vertical intervals (a sixth below the soprano) are
 translation-equivariant, so every key shares them.
 
@@ -74,9 +75,13 @@ class MultitrackLSTM(nn.Module):
         if local_kernel:
             if local_kernel % 2 == 0:
                 raise ValueError(f"local_kernel must be odd (received {local_kernel})")
-            self.local = nn.Sequential(
-                nn.Conv1d(2 * tracks, local_channels, local_kernel, padding=local_kernel // 2),
-                nn.Tanh(), nn.Conv1d(local_channels, tracks + 1, 1))
+            pad = local_kernel // 2
+            if local_channels:
+                self.local = nn.Sequential(
+                    nn.Conv1d(2 * tracks, local_channels, local_kernel, padding=pad),
+                    nn.Tanh(), nn.Conv1d(local_channels, tracks + 1, 1))
+            else:  # linear: a learned bias per interval, row and source row
+                self.local = nn.Conv1d(2 * tracks, tracks + 1, local_kernel, padding=pad)
 
     @property
     def BEGIN(self) -> int:

@@ -29,6 +29,7 @@ the last key of the frame (outside the graph); the training loss applies the sam
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -50,7 +51,32 @@ def _lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
     return h, c
 
 
-class RollNade(nn.Module):
+class _FrameLoss:
+    """The loss shared by the single model and the ensemble: masked token logits -> NLL."""
+
+    def token_logits(self, frames: Tensor, tokens: Tensor, valid: Tensor
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+        """raw_token_logits with the Engine's mask applied (the model's distribution)."""
+        logits, targets, inputs = self.raw_token_logits(frames, tokens, valid)
+        return mask_logits(logits, inputs), targets, inputs
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(summed NLL in nats over scored frames, number of scored frames)."""
+        logits, targets, _ = self.token_logits(batch["frames"], batch["tokens"],
+                                               batch["valid"])
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                              ignore_index=-1, reduction="sum")
+        return nll, torch.tensor(float(targets.shape[0]))
+
+    def per_frame_nll(self, batch: dict[str, Tensor]) -> Tensor:
+        """NLL of each scored frame [F] (for ensembles: average probabilities, not NLLs)."""
+        logits, targets, _ = self.token_logits(batch["frames"], batch["tokens"],
+                                               batch["valid"])
+        lp = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+        return -torch.where(targets >= 0, lp, torch.zeros_like(lp)).sum(1)
+
+
+class RollNade(_FrameLoss, nn.Module):
     family = FAMILY
     protocol = PROTOCOL
 
@@ -97,13 +123,13 @@ class RollNade(nn.Module):
         return h0.contiguous(), c0.contiguous()
 
     # ---- training: teacher-forced over whole frames -----------------------------------
-    def token_logits(self, frames: Tensor, tokens: Tensor, valid: Tensor
-                     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Teacher-forced logits for the scored frames.
+    def raw_token_logits(self, frames: Tensor, tokens: Tensor, valid: Tensor
+                         ) -> tuple[Tensor, Tensor, Tensor]:
+        """Teacher-forced logits for the scored frames, before the mask.
 
         frames [B, T, P] float; tokens [B, T, N+1] int64: frame t's key indices ascending
         then END, padded with -1; valid [B, T] bool: frames that are scored.
-        Returns (logits [F, N+1, P+1] masked, targets [F, N+1], inputs [F, N+1]).
+        Returns (logits [F, N+1, P+1], targets [F, N+1], inputs [F, N+1]).
         """
         B, T, P = frames.shape
         prevs = torch.cat([frames.new_zeros(B, 1, P), frames[:, :-1]], dim=1)  # [B, T, P]
@@ -112,7 +138,7 @@ class RollNade(nn.Module):
         ctx, prev, targets = ctx[valid], prevs[valid], tokens[valid]  # F rows
         inputs = torch.cat([targets.new_full((targets.shape[0], 1), P), targets[:, :-1]], 1)
         inputs = torch.where(inputs < 0, P, inputs)  # padding reads END; its loss is ignored
-        return mask_logits(self._decode(ctx, prev, inputs), inputs), targets, inputs
+        return self._decode(ctx, prev, inputs), targets, inputs
 
     def _decode(self, ctx: Tensor, prev: Tensor, inputs: Tensor) -> Tensor:
         """Raw next-token logits [F, S, P+1] of F frames whose decoders read `inputs`
@@ -161,21 +187,6 @@ class RollNade(nn.Module):
                 out[b, a:a + len(keys) + 1] = logits[j, :len(keys) + 1]
         return out
 
-    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """(summed NLL in nats over scored frames, number of scored frames)."""
-        logits, targets, _ = self.token_logits(batch["frames"], batch["tokens"],
-                                               batch["valid"])
-        nll = F.cross_entropy(logits.reshape(-1, self.P + 1), targets.reshape(-1),
-                              ignore_index=-1, reduction="sum")
-        return nll, torch.tensor(float(targets.shape[0]))
-
-    def per_frame_nll(self, batch: dict[str, Tensor]) -> Tensor:
-        """NLL of each scored frame [F] (for ensembles: average probabilities, not NLLs)."""
-        logits, targets, _ = self.token_logits(batch["frames"], batch["tokens"],
-                                               batch["valid"])
-        lp = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
-        return -(lp * (targets >= 0)).sum(1)
-
     # ---- export -------------------------------------------------------------------------
     def state_spec(self) -> list[dict]:
         return [{"name": "h", "shape": [self.L, "B", self.H]},
@@ -186,20 +197,7 @@ class RollNade(nn.Module):
                 {"name": "prev", "shape": ["B", self.P]}]
 
     def export_spec(self):
-        from export.onnx_export import ExportSpec
-
-        step = NadeStep(self)
-        example = step.zero_state(2)
-        example = (torch.tensor([[self.P], [3]], dtype=torch.int64),) + example
-        names = [s["name"] for s in self.state_spec()]
-        return ExportSpec(
-            module=step, example_inputs=example,
-            input_names=["token"] + names,
-            output_names=["logits"] + [f"{n}_out" for n in names],
-            dynamic_axes=_dynamic_axes(self.state_spec()),
-            state=self.state_spec(),
-            random_inputs=lambda b, t, g: {"token": random_stream(b, t, self.P, g)},
-            sequence=lambda inputs: {"logits": self.stream_logits(inputs["token"])})
+        return _export_spec(self, NadeStep(self))
 
 
 def _dynamic_axes(state: list[dict]) -> dict[str, dict[int, str]]:
@@ -277,12 +275,103 @@ class NadeStep(nn.Module):
         return logits, h_new, c_new, dh_new, dc_new, acc_new, prev_new
 
 
+def _export_spec(model, step: nn.Module):
+    """The nade-step graph of `model` (single or ensemble): one token in, logits and the
+    state tensors out; parity against the model's full-sequence `stream_logits`."""
+    from export.onnx_export import ExportSpec
+
+    example = (torch.tensor([[model.P], [3]], dtype=torch.int64),) + step.zero_state(2)
+    names = [s["name"] for s in model.state_spec()]
+    return ExportSpec(
+        module=step, example_inputs=example,
+        input_names=["token"] + names,
+        output_names=["logits"] + [f"{n}_out" for n in names],
+        dynamic_axes=_dynamic_axes(model.state_spec()),
+        state=model.state_spec(),
+        random_inputs=lambda b, t, g: {"token": random_stream(b, t, model.P, g)},
+        sequence=lambda inputs: {"logits": model.stream_logits(inputs["token"])})
+
+
+def _mix(logits: list[Tensor]) -> Tensor:
+    """Token-level ensemble: log of the members' mean next-token distribution."""
+    lp = torch.stack([x.log_softmax(-1) for x in logits])
+    return torch.logsumexp(lp, 0) - math.log(len(logits))
+
+
+class RollNadeEnsemble(_FrameLoss, nn.Module):
+    """Several roll-nade-lstm models whose next-token distributions are averaged at every
+    token (before the Engine's mask, which then renormalizes): still one exact,
+    normalized distribution over each frame, and still the `nade-step` protocol, with
+    each member's state tensors suffixed `_<i>`."""
+
+    family = FAMILY
+    protocol = PROTOCOL
+
+    def __init__(self, members: list[dict]):
+        super().__init__()
+        self.members = nn.ModuleList(RollNade(**m) for m in members)
+        self.model_args = {"members": [dict(m.model_args) for m in self.members]}
+        self.P = self.members[0].P
+        if any(m.P != self.P for m in self.members):
+            raise ValueError("ensemble members must have the same number of keys")
+
+    def raw_token_logits(self, frames, tokens, valid):
+        outs = [m.raw_token_logits(frames, tokens, valid) for m in self.members]
+        return _mix([o[0] for o in outs]), outs[0][1], outs[0][2]
+
+    def stream_logits(self, tokens: Tensor) -> Tensor:
+        return _mix([m.stream_logits(tokens) for m in self.members])
+
+    def state_spec(self) -> list[dict]:
+        return [{"name": f"{s['name']}_{i}", "shape": s["shape"]}
+                for i, m in enumerate(self.members) for s in m.state_spec()]
+
+    def export_spec(self):
+        return _export_spec(self, EnsembleStep(self))
+
+
+class EnsembleStep(nn.Module):
+    def __init__(self, model: RollNadeEnsemble):
+        super().__init__()
+        self.steps = nn.ModuleList(NadeStep(m) for m in model.members)
+
+    def zero_state(self, batch: int) -> tuple[Tensor, ...]:
+        return tuple(x for s in self.steps for x in s.zero_state(batch))
+
+    def forward(self, token: Tensor, *state: Tensor):
+        logits, new, i = [], [], 0
+        for s in self.steps:
+            n = len(s.m.state_spec())
+            out = s(token, *state[i:i + n])
+            logits.append(out[0])
+            new.extend(out[1:])
+            i += n
+        return (_mix(logits), *new)
+
+
 # ---- family contract ---------------------------------------------------------------------
-def build(family: str, rep, **model_args) -> RollNade:
+def build(family: str, rep, **model_args) -> RollNade | RollNadeEnsemble:
+    """A roll-nade-lstm; `members = [{model args}, ...]` builds a token-level ensemble."""
     if family != FAMILY:
         raise ValueError(f"models.roll_nade builds {FAMILY!r} (received {family!r})")
+    if "members" in model_args:
+        model_args.pop("dropout", None)  # members carry their own
+        return RollNadeEnsemble(**model_args)
     keys = model_args.pop("keys", None) or rep.vocab_size
     return RollNade(keys=keys, **model_args)
+
+
+def ensemble(rep, checkpoints: list[dict]) -> RollNadeEnsemble:
+    """The token-level ensemble of trained roll-nade-lstm checkpoints (same representation),
+    in eval mode; `companion train` builds it for `[train] seeds`."""
+    for ck in checkpoints:
+        if ck["family"] != FAMILY or ck["representation"] != checkpoints[0]["representation"]:
+            raise ValueError(f"an ensemble needs {FAMILY} members over one representation")
+    model = build(FAMILY, rep, members=[{**ck["model_args"], "dropout": 0.0}
+                                        for ck in checkpoints])
+    for member, ck in zip(model.members, checkpoints):
+        member.load_state_dict(ck["state_dict"])
+    return model.eval()
 
 
 def frame_tokens(frames: np.ndarray, width: int | None = None) -> np.ndarray:

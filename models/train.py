@@ -13,6 +13,12 @@ Writes to ``[train] out`` (default runs/<config name>): ``best.pt``, the self-de
 checkpoint that ``companion export`` takes, and ``last.pt`` (the same plus the optimizer
 and the data position) that ``--resume`` continues from.
 
+Ensembles: ``[train] seeds = [0, 1, 2]`` trains one member per seed (into ``out/seed<N>/``;
+``--resume`` skips finished members and resumes the one that was cut off), then combines
+them with the family's ``ensemble`` (families that have one: roll-nade-lstm averages the
+members' next-token distributions, still one exact distribution per frame), evaluates the
+ensemble on valid and test, and writes it as ``out/best.pt``.
+
 Data parallel: the same command under torchrun (gloo on CPU, NCCL on GPU), e.g.
 ``torchrun --standalone --nproc_per_node=2 -m models.train CONFIG.toml``. Every rank draws
 the same batch stream and takes its own share of it (``data.shard``); validation and test
@@ -73,6 +79,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "eval_every": ((int,), 200),
         "patience": ((int,), 0),  # evaluations without improvement; 0 = never stop early
         "seed": ((int,), 0),
+        "seeds": ((list,), None),  # an ensemble: one member per seed (see the module doc)
         "out": ((str,), None),  # default runs/<config file stem>
         "device": ((str,), "auto"),  # "auto" | "cpu" | "cuda"
     },
@@ -172,6 +179,13 @@ def check_config(raw: dict, path: Path) -> dict:
         raise fail("train", "device", 'must be "auto", "cpu" or "cuda"', tr["device"])
     if not tr["max_steps"] and not tr["max_minutes"]:
         raise fail("train", "max_steps", "or max_minutes must be set (> 0)")
+    if tr["seeds"] is not None:
+        seeds = tr["seeds"]
+        if (len(seeds) < 2 or len(set(seeds)) != len(seeds)
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+            raise fail("train", "seeds", "must be a list of at least 2 distinct integers", seeds)
+        if not hasattr(import_module(FAMILY_MODULES[family]), "ensemble"):
+            raise fail("train", "seeds", f"needs a family that ensembles; {family} does not")
     if tr["out"] is None:
         tr["out"] = str(Path("runs") / path.stem)
     return cfg
@@ -280,6 +294,8 @@ def train(
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     try:
+        if tr["seeds"]:
+            return _ensemble(cfg, config_path, resume, dev, rank, world, progress and rank == 0)
         return _run(cfg, config_path, resume, dev, rank, world, progress and rank == 0)
     finally:
         if world > 1:
@@ -322,7 +338,9 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
         model.load_state_dict(state["state_dict"])
     valid = data.encode(corpus.scores["valid"], rep)
     test = data.encode(corpus.scores["test"], rep)
-    fixed_train = None if shifts[1] > shifts[0] else data.encode(corpus.scores["train"], rep, shifts)
+    fixed_train = (
+        None if shifts[1] > shifts[0] else data.encode(corpus.scores["train"], rep, shifts)
+    )
 
     decay, no_decay = [], []
     for p in model.parameters():
@@ -527,6 +545,66 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
             f"{ck['train']['tokens_per_s']:.0f} {unit}s/s; wrote {best_path}",
             flush=True,
         )
+    return ck
+
+
+def _ensemble(cfg, config_path, resume, dev, rank, world, progress) -> dict:
+    """Train a member per seed, then combine, evaluate and save the ensemble as best.pt."""
+    from export.onnx_export import load_checkpoint
+
+    tr = cfg["train"]
+    out = Path(tr["out"])
+    paths = []
+    for seed in tr["seeds"]:
+        member = copy.deepcopy(cfg)
+        member["train"].update(seed=seed, seeds=None, out=str(out / f"seed{seed}"))
+        best, last = out / f"seed{seed}" / "best.pt", out / f"seed{seed}" / "last.pt"
+        finished = best.is_file() and (not last.is_file()
+                                       or best.stat().st_mtime >= last.stat().st_mtime)
+        if not (resume and finished):
+            if progress:
+                print(f"ensemble member seed {seed} -> {best}", flush=True)
+            _run(member, config_path, resume and last.is_file(), dev, rank, world, progress)
+        paths.append(best)
+    if rank != 0:
+        return {}
+    t0 = time.perf_counter()
+    members = [load_checkpoint(p) for p in paths]
+    module = import_module(FAMILY_MODULES[cfg["model"]["family"]])
+    from companion.representations import from_dict
+
+    rep = from_dict(members[0]["representation"])
+    model = module.ensemble(rep, members).to(dev)
+    corpus = data.load_data(cfg["data"], progress=False)
+    metrics = {"unit": members[0]["metrics"]["unit"], "best_step": None,
+               "members": [{"seed": s, **m["metrics"]} for s, m in zip(tr["seeds"], members)]}
+    for split in ("valid", "test"):
+        pieces = data.encode(corpus.scores[split], rep)
+        nll, n = evaluate(model, module, pieces, rep, tr, dev) if pieces else (None, 0)
+        metrics[f"{split}_nll"] = nll
+        metrics[f"{split}_units"] = n
+    seconds = sum(m["train"]["seconds"] for m in members) + time.perf_counter() - t0
+    ck = {
+        "format": CHECKPOINT_FORMAT,
+        "family": cfg["model"]["family"],
+        "model_args": dict(model.model_args),
+        "state_dict": _cpu(model.state_dict()),
+        "representation": members[0]["representation"],
+        "config": cfg,
+        "corpus": members[0]["corpus"],
+        "metrics": metrics,
+        "train": {"step": sum(m["train"]["step"] for m in members), "seconds": round(seconds, 1),
+                  "members": len(members), "world_size": world, "device": dev.type},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "best.tmp"
+    torch.save(ck, tmp)
+    os.replace(tmp, out / "best.pt")
+    if progress:
+        print(f"ensemble of {len(members)}: valid {metrics['valid_nll']:.4f} test "
+              f"{metrics['test_nll']:.4f} nats/{metrics['unit']} (members' test "
+              f"{[round(m['metrics']['test_nll'], 4) for m in members]}); wrote "
+              f"{out / 'best.pt'}", flush=True)
     return ck
 
 

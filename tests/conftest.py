@@ -1,10 +1,12 @@
-"""Shared test setup: a Hypothesis profile for a small shared machine, and the benchmark
-data fixture (tests that need ../shared/data/benchmarks skip where it is absent)."""
+"""Shared test setup: a Hypothesis profile for a small shared machine, the benchmark data
+fixture (tests that need ../shared/data/benchmarks skip where it is absent) and the JACK
+server fixture (tests/jack_server.py), defined here once so the session starts one server."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import settings
+from jack_server import jack_server  # noqa: F401  (one private JACK server per session)
 
 from companion import benchmarks
 from companion.errors import DataError

@@ -168,3 +168,21 @@ def test_exported_model_plays_without_torch(exported, family):
     assert r.returncode == 0, r.stderr
     fam, protocol, n, _notes = r.stdout.split()
     assert fam == family and protocol == PROTOCOL.get(family, "token-step") and int(n) > 0
+
+
+@pytest.mark.slow
+def test_failed_export_keeps_the_old_file(exported, tmp_path, monkeypatch):
+    from export import onnx_export
+
+    ckpt, _, _ = exported("lstm")
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"the good old model")
+
+    def fail(spec, path, **kw):
+        raise ParityError(f"{path}: differs")
+
+    monkeypatch.setattr(onnx_export, "check_parity", fail)
+    with pytest.raises(ParityError):
+        export_checkpoint(ckpt, target)
+    assert target.read_bytes() == b"the good old model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temporary left

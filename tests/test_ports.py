@@ -7,7 +7,6 @@ import time
 import uuid
 
 import pytest
-from jack_server import jack_server  # noqa: F401  (the fixture)
 
 from companion.errors import CompanionError, MidiPortError
 from companion.ports import (
@@ -169,7 +168,7 @@ def receive(port, timeout=5.0):
 
 
 @pytest.mark.e2e
-def test_virtual_ports_appear_and_go(jack_server):  # noqa: F811
+def test_virtual_ports_appear_and_go(jack_server):
     inp, out = open_input(backend="jack"), open_output(backend="jack")
     assert (inp.name, out.name) == (VIRTUAL_INPUT, VIRTUAL_OUTPUT)
     ports = list_ports("jack")
@@ -183,7 +182,7 @@ def test_virtual_ports_appear_and_go(jack_server):  # noqa: F811
 
 
 @pytest.mark.e2e
-def test_a_message_sent_to_our_input_arrives_stamped(jack_server):  # noqa: F811
+def test_a_message_sent_to_our_input_arrives_stamped(jack_server):
     with (
         open_input(backend="jack") as inp,
         open_output(VIRTUAL_INPUT.upper(), backend="jack", client_name="keyboard") as kb,
@@ -200,7 +199,7 @@ def test_a_message_sent_to_our_input_arrives_stamped(jack_server):  # noqa: F811
 
 
 @pytest.mark.e2e
-def test_our_output_reaches_a_connected_port(jack_server):  # noqa: F811
+def test_our_output_reaches_a_connected_port(jack_server):
     with (
         open_output(backend="jack") as out,
         open_input("companion out", backend="jack", client_name="synth") as synth,
@@ -212,8 +211,44 @@ def test_our_output_reaches_a_connected_port(jack_server):  # noqa: F811
 
 
 @pytest.mark.e2e
-def test_a_name_matching_no_jack_port_lists_the_ports(jack_server):  # noqa: F811
+def test_a_name_matching_no_jack_port_lists_the_ports(jack_server):
     with open_input(backend="jack"):
         with pytest.raises(MidiPortError, match="no MIDI output port matches 'nonesuch'") as err:
             open_output("nonesuch", backend="jack", client_name="keyboard")
         assert VIRTUAL_INPUT in str(err.value)
+
+
+SIGNALS_DURING_WAITS = """
+import os, queue, signal, threading, time
+from companion.ports import loopback_pair
+
+_, inp = loopback_pair()
+def slow_handler(*_):  # runs past the waiting get's deadline, as SIGTERM's may
+    t = time.perf_counter()
+    while time.perf_counter() - t < 0.003:
+        pass
+signal.signal(signal.SIGUSR1, slow_handler)
+done = threading.Event()
+def signals():
+    for _ in range(1000):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.001)
+    done.set()  # nothing is ever put: a wait that lost its deadline never returns
+threading.Thread(target=signals, daemon=True).start()
+while not done.is_set():
+    try:
+        inp.queue.get(timeout=0.002)
+    except queue.Empty:
+        pass
+"""
+
+
+def test_the_input_queue_wait_survives_signal_handlers():
+    """The daemon waits on its input queue with a 2 ms timeout; a signal handler that runs
+    past that deadline must not turn the wait into a wait forever (SimpleQueue does, in
+    CPython 3.11: the daemon then ignored SIGTERM)."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", SIGNALS_DURING_WAITS], timeout=20,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

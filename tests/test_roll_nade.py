@@ -40,11 +40,19 @@ def test_frame_tokens_are_ascending_keys_then_end(roll):
     assert stream[0] == 88 and (stream == 88).sum() == len(roll) + 1
 
 
-@pytest.mark.parametrize("local_kernel", [0, 3])
-def test_frame_distribution_sums_to_one(local_kernel):
+def tiny_ensemble(keys: int = 88) -> rn.RollNadeEnsemble:
+    members = [tiny(keys, local_kernel=k, seed=i).model_args for i, k in enumerate((0, 3))]
+    model = rn.build(rn.FAMILY, None, members=members, dropout=0.1)
+    for i, m in enumerate(model.members):
+        m.load_state_dict(tiny(keys, local_kernel=(0, 3)[i], seed=i).state_dict())
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["plain", "local", "ensemble"])
+def test_frame_distribution_sums_to_one(kind):
     """Over all 2^P sets of a 5-key roll, exp(-NLL of the frame) sums to 1, in any context."""
     P = 5
-    model = tiny(keys=P, local_kernel=local_kernel)
+    model = tiny_ensemble(P) if kind == "ensemble" else tiny(P, 3 if kind == "local" else 0)
     rng = np.random.default_rng(0)
     context = (rng.random((3, P)) < 0.4).astype(np.uint8)
     sets = np.array(list(itertools.product([0, 1], repeat=P)), dtype=np.uint8)
@@ -54,13 +62,15 @@ def test_frame_distribution_sums_to_one(local_kernel):
     assert math.isclose(float(torch.exp(-nll.double()).sum()), 1.0, rel_tol=1e-5)
 
 
-def test_loss_equals_the_step_protocol_token_by_token():
-    model = tiny()
+@pytest.mark.parametrize("kind", ["single", "ensemble"])
+def test_loss_equals_the_step_protocol_token_by_token(kind):
+    model = tiny() if kind == "single" else tiny_ensemble()
     rng = np.random.default_rng(1)
     pieces = [(rng.random((n, 88)) < 0.05).astype(np.uint8) for n in (7, 4)]
     with torch.no_grad():
         nll, frames = model.loss(rn.collate(pieces))
-    step, total = rn.NadeStep(model), 0.0
+    step = rn.NadeStep(model) if kind == "single" else rn.EnsembleStep(model)
+    total = 0.0
     for piece in pieces:
         toks = rn.stream_tokens(piece)
         state = step.zero_state(1)

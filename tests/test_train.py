@@ -253,3 +253,36 @@ def test_early_stopping(tmp_path):
     )
     ck = T.train(cfg, progress=False)
     assert ck["train"]["step"] < 60
+
+
+@pytest.mark.slow
+def test_seeds_train_members_and_save_their_ensemble(tmp_path):
+    """[train] seeds: a member per seed, then one checkpoint of their ensemble, evaluated
+    (a mixture of the members' distributions: never worse than the worst member), which
+    exports; --resume then skips the finished members."""
+    from export.onnx_export import export_checkpoint
+
+    cfg = tiny_config(tmp_path, "roll-nade-lstm")
+    ck = T.train(cfg, progress=False)
+    members = [torch.load(tmp_path / "run" / f"seed{s}" / "best.pt", weights_only=True)
+               for s in (1, 2)]
+    assert members[0]["config"]["train"]["seed"] == 1
+    first_weights = [next(iter(m["state_dict"].values())) for m in members]
+    assert not torch.equal(*first_weights)  # different seeds, different members
+    m = ck["metrics"]
+    assert [x["seed"] for x in m["members"]] == [1, 2]
+    assert m["test_nll"] <= max(x["test_nll"] for x in m["members"]) + 1e-6
+    assert ck["train"]["members"] == 2
+    export_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "ens.onnx")
+    mtime = (tmp_path / "run" / "seed1" / "best.pt").stat().st_mtime
+    T.train(cfg, resume=True, progress=False)
+    assert (tmp_path / "run" / "seed1" / "best.pt").stat().st_mtime == mtime
+
+
+def test_seeds_need_a_family_that_ensembles(tmp_path):
+    cfg = tiny_config(tmp_path, "lstm", seeds="[1, 2]")
+    with pytest.raises(ConfigError, match=r"\[train\] seeds needs a family that ensembles"):
+        T.load_config(cfg)
+    cfg = tiny_config(tmp_path, "roll-nade-lstm", seeds="[1, 1]")
+    with pytest.raises(ConfigError, match=r"\[train\] seeds must be a list"):
+        T.load_config(cfg)

@@ -7,16 +7,33 @@ same is held; one that changes is released and the new one struck.
 - Plain accompaniment commits a step `lookahead` before its time from the lead as it is then,
   and the notes go out on the step's time.
 - Harmonize (`harmonize = true`) answers each lead note-on at once: the note's step (nearest
-  grid line) is committed or, if it was committed a moment ago without this note, committed
-  again from the state before it, and the changed voices sound immediately, with the note.
-  Steps with no new note (a held soprano) are committed ahead as above.
+  grid line) is committed or, if it was committed already without this note (ahead of time,
+  or a moment ago), taken back with every step committed after it (the model state from
+  before it, the messages not yet sent) and committed again; the changed voices sound
+  immediately, with the note. Steps with no new note (a held soprano) are committed ahead
+  as above. While the lead rests the voices hold (a breath between phrases, a late note);
+  after `REST_BEATS` of rest they end. Those steps are fed to the model as played, so it
+  knows what sounds.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass
+
 from companion.modes.continuation import Continuation
 from companion.output import Output
 from companion.representations.base import NoteEvent, quantize
+
+REST_BEATS = 1.0  # harmonize: the voices hold through a rest of the lead this long
+HISTORY_STEPS = 8  # committed steps that can be taken back (lookahead + a grid step is ~2)
+
+
+@dataclass
+class _Committed:
+    step: int
+    lead: frozenset[int]
+    state: object  # the accompanist's snapshot from before this step
 
 
 class Accompaniment:
@@ -31,10 +48,11 @@ class Accompaniment:
         self.harmonize = preset.harmonize
         self.sounding: set[int] = set()  # lead pitches held now
         self.next_step: int | None = None  # first step not committed yet
-        self.last: tuple[int, frozenset[int], object, list[set[int]]] | None = None
+        self.history: deque[_Committed] = deque(maxlen=HISTORY_STEPS)
         self.voices: list[set[int]] = [set() for _ in output.tracks]
         self.active = True
         self.last_input: float | None = None
+        self.last_off: float | None = None  # when the lead last fell silent
 
     # ---- input -------------------------------------------------------------------------
     def note_on(self, beat: float, pitch: int, velocity: int) -> None:
@@ -48,16 +66,25 @@ class Accompaniment:
             self.acc.reset()
         if not self.harmonize:
             return
-        if self.last is not None and self.last[0] == step:
-            if pitch not in self.last[1]:
-                self._recommit(beat)
-            return
+        if step < self.next_step:
+            entry = self._committed(step)
+            if entry is None or pitch in entry.lead:
+                return  # too old to take back, or nothing new for it
+            self._take_back(entry, beat)
         while self.next_step <= step:
             self._commit(self.next_step, at=beat if self.next_step == step else None)
 
     def note_off(self, beat: float, pitch: int) -> None:
         self.sounding.discard(pitch)
         self.last_input = beat
+        if not self.sounding:
+            self.last_off = beat
+        if self.harmonize and self.active:
+            # a step committed ahead with this note in it, not sounding yet: generate it again
+            entry = next((c for c in self.history
+                          if c.step * self.grid > beat and pitch in c.lead), None)
+            if entry is not None:
+                self._take_back(entry, entry.step * self.grid)
 
     def end_phrase(self, beat: float) -> None:
         """Accompaniment has no phrases; triggers only matter in jam."""
@@ -75,19 +102,27 @@ class Accompaniment:
     def _commit(self, step: int, at: float | None = None) -> None:
         """Generate step `step` from the lead as it is now; play it at `at` or on the grid."""
         lead = frozenset(self.sounding)
-        snap = self.acc.snapshot()
-        frame = self.acc.step(lead, self.rng)
-        self.last = (step, lead, snap, frame)
+        self.history.append(_Committed(step, lead, self.acc.snapshot()))
+        rows = None
+        if self.harmonize and not lead:
+            resting = self.last_off is None or step * self.grid - self.last_off >= REST_BEATS
+            rows = [set() for _ in self.voices] if resting else self.voices
+        frame = self.acc.step(lead, self.rng, rows)
         self.next_step = step + 1
-        self._play(frame, step * self.grid if at is None else max(at, step * self.grid))
+        self._play(frame, step * self.grid if at is None else at)
 
-    def _recommit(self, beat: float) -> None:
-        step, _, snap, _ = self.last
-        self.acc.restore(snap)
-        lead = frozenset(self.sounding)
-        frame = self.acc.step(lead, self.rng)
-        self.last = (step, lead, snap, frame)
-        self._play(frame, beat)
+    def _committed(self, step: int) -> _Committed | None:
+        return next((c for c in self.history if c.step == step), None)
+
+    def _take_back(self, entry: _Committed, beat: float) -> None:
+        """Undo the commits of `entry`'s step and after: the model goes back to its state
+        before that step, what was to be sent from `beat` on is retracted, and the voices are
+        what will be sounding at `beat`."""
+        while self.history and self.history[-1].step >= entry.step:
+            self.history.pop()
+        self.acc.restore(entry.state)
+        self.voices = self.output.retract_from(beat)
+        self.next_step = entry.step
 
     def _play(self, frame: list[set[int]], beat: float) -> None:
         events = []
@@ -104,7 +139,7 @@ class Accompaniment:
         self.output.cancel_after(beat)
         self.voices = [set() for _ in self.voices]
         self.next_step = None
-        self.last = None
+        self.history.clear()
 
     def stop(self, beat: float) -> None:
         self.release(beat)

@@ -1,0 +1,193 @@
+"""Accompany, harmonize and jam turn-taking on a virtual clock (no sleeps, no ports): the same
+Performer as the live daemon, fed stamped messages, its scheduler drained at virtual times.
+Models: the shipped chorale (multitrack-step) and folk (token-step) from models/zoo."""
+
+from dataclasses import replace
+
+import pytest
+
+from companion import presets
+from companion.clock import InternalClock
+from companion.offline import VirtualTime, next_time, perform
+from companion.performer import Performer
+from companion.scheduler import Scheduler
+from companion.score import Note, Score
+
+TICK_NS = 2_000_000
+SOPRANO = [67, 69, 71, 72, 74, 72, 71, 69, 67, 66, 67]
+
+pytestmark = pytest.mark.skipif(
+    not (presets.zoo_dir() / "chorale.onnx").is_file()
+    or not (presets.zoo_dir() / "folk.onnx").is_file(),
+    reason="the shipped models are not in models/zoo")
+
+
+class Stage:
+    """A Performer on a virtual clock; `play_until(ns)` advances time tick by tick."""
+
+    def __init__(self, preset, seed=1):
+        self.now = VirtualTime()
+        self.clock = InternalClock(bpm=preset.timing.bpm, beats_per_bar=4, now_ns=self.now)
+        self.clock.start(at_ns=0)
+        self.sent: list[tuple[int, tuple[int, ...]]] = []
+        self.scheduler = Scheduler(lambda m: self.sent.append((self.now.ns, tuple(m))),
+                                   now_ns=self.now, tolerance_ns=10**15)
+        self.performer = Performer(preset, self.scheduler, self.clock, seed=seed,
+                                   use_gpu=False)
+        self.inputs: list[tuple[int, tuple[int, ...]]] = []
+
+    def at(self, beat: float) -> int:
+        return self.clock.time_at(beat)
+
+    def note(self, onset: float, pitch: int, length: float) -> None:
+        self.inputs += [(self.at(onset), (0x90, pitch, 90)), (self.at(onset + length),
+                                                             (0x80, pitch, 0))]
+        self.inputs.sort(key=lambda m: (m[0], m[1][0] == 0x90))
+
+    def play_until(self, beat: float) -> None:
+        end = self.at(beat)
+        while self.now.ns < end:
+            while self.inputs and self.inputs[0][0] <= self.now.ns:
+                self.performer.handle(*self.inputs.pop(0))
+            self.performer.tick(self.now.ns)
+            self.scheduler.run_pending(self.now.ns)
+            self.now.ns = next_time(self.now.ns, self.scheduler,
+                                     self.inputs[0][0] if self.inputs else None)
+
+    def ons(self, channels, since=0, until=None):
+        return [(t, m) for t, m in self.sent if m[0] & 0xF0 == 0x90 and m[2] > 0
+                and m[0] & 0x0F in channels and t >= since and (until is None or t < until)]
+
+    def finish(self) -> None:
+        self.performer.stop_sound(self.now.ns)
+        self.scheduler.stop()
+
+
+def _preset(name, **changes):
+    p = presets.load(name)
+    timing = changes.pop("timing", {})
+    return replace(p, timing=replace(p.timing, **timing), **changes)
+
+
+def _voices(preset):
+    return {t.channel - 1 for t in preset.tracks}
+
+
+def _balanced(sent):
+    """Every note-on has its note-off: nothing is left sounding."""
+    sounding = set()
+    for _, m in sent:
+        key = (m[0] & 0x0F, m[1])
+        if m[0] & 0xF0 == 0x90 and m[2] > 0:
+            assert key not in sounding, f"note-on while sounding: {key}"
+            sounding.add(key)
+        elif m[0] & 0xF0 == 0x80 or (m[0] & 0xF0 == 0x90 and m[2] == 0):
+            sounding.discard(key)
+    return not sounding
+
+
+def _harmonize(offset: float):
+    """The soprano in quarter notes, each `offset` grid steps from its grid line."""
+    preset = _preset("chorale")
+    stage = Stage(preset)
+    start = 2.0 + offset * preset.timing.grid
+    for i, pitch in enumerate(SOPRANO):
+        stage.note(start + i, pitch, 0.9)
+    stage.play_until(start + len(SOPRANO) + 1)
+    stage.finish()
+    return stage, preset, [stage.at(start + i) for i in range(len(SOPRANO))]
+
+
+def test_harmonize_answers_every_lead_note_at_once_on_or_off_the_grid():
+    """Lead notes on, a fifth of a grid step after, or 0.3 of one before their grid line:
+    the voices that change sound with the note (not on a later grid line), and the same
+    harmony comes out whichever way the player leaned."""
+    answers = []
+    for offset in (0.0, 0.2, -0.3):
+        stage, preset, leads = _harmonize(offset)
+        voices = _voices(preset)
+        half_step = (stage.at(preset.timing.grid) - stage.at(0)) // 2
+        answered = 0
+        for t in leads:
+            ons = stage.ons(voices, t, t + half_step)
+            assert all(u - t < TICK_NS for u, _ in ons), f"offset {offset}: late answer"
+            answered += bool(ons)
+        assert answered >= len(leads) // 2, f"offset {offset}: {answered} answers"
+        assert {m[0] & 0x0F for _, m in stage.ons(voices)} == voices
+        assert _balanced(stage.sent)
+        answers.append([m for _, m in stage.ons(voices)])
+    assert answers[0] == answers[1] == answers[2]
+
+
+def test_harmonize_sounds_every_voice_under_every_lead_note():
+    preset = _preset("chorale")
+    voices = _voices(preset)
+    stage = Stage(preset)
+    for i, pitch in enumerate(SOPRANO):
+        stage.note(1.0 + i, pitch, 0.95)
+    for i in range(len(SOPRANO)):
+        stage.play_until(1.0 + i + 0.5)  # the middle of lead note i
+        sounding = set()
+        for _, m in stage.sent:
+            key = (m[0] & 0x0F, m[1])
+            if m[0] & 0xF0 == 0x90 and m[2] > 0:
+                sounding.add(key)
+            elif m[0] & 0xF0 == 0x80:
+                sounding.discard(key)
+        assert {ch for ch, _ in sounding} == voices, f"lead note {i}: {sorted(sounding)}"
+    stage.finish()
+    assert _balanced(stage.sent)
+
+
+def test_a_second_lead_note_in_the_same_step_is_harmonized_again():
+    """A chord played as two note-ons in one grid step: the step is generated again with
+    both, and nothing from the first answer is left hanging."""
+    preset = _preset("chorale")
+    stage = Stage(preset)
+    stage.note(2.0, 72, 1.0)
+    stage.note(2.02, 67, 1.0)
+    stage.play_until(4.0)
+    stage.finish()
+    assert _balanced(stage.sent)
+    assert stage.ons(_voices(preset), stage.at(2.02), stage.at(2.02) + TICK_NS + 1) or \
+        stage.ons(_voices(preset), stage.at(2.0), stage.at(2.0) + TICK_NS + 1)
+
+
+def test_plain_accompaniment_plays_on_the_grid_and_is_deterministic():
+    preset = _preset("chorale", harmonize=False)
+    score = Score.from_notes([Note(i * 1.0, p, 1.0, 90) for i, p in enumerate(SOPRANO)],
+                             bpm=preset.timing.bpm)
+    a, b = perform(preset, score, seed=3), perform(preset, score, seed=3)
+    assert [[(n.onset, n.pitch) for n in t.notes] for t in a.tracks] == \
+        [[(n.onset, n.pitch) for n in t.notes] for t in b.tracks]
+    generated = a.tracks[1:]
+    assert [t.channel for t in generated] == sorted(_voices(preset))
+    grid = preset.timing.grid
+    for t in generated:
+        assert t.notes, f"{t.name} is silent"
+        for n in t.notes:
+            assert abs(n.onset / grid - round(n.onset / grid)) < 1e-6, (t.name, n.onset)
+            assert n.duration > 0
+
+
+def test_jam_accompanies_then_solos_then_hands_back():
+    preset = _preset("jam", timing={"bars": 1, "silence_beats": 2.0})
+    voices = _voices(preset)
+    solo = preset.solo_tracks[0].channel - 1
+    stage = Stage(preset)
+    for i, pitch in enumerate(SOPRANO[:6]):
+        stage.note(1.0 + i * 0.5, pitch, 0.45)
+    last_off = 1.0 + 5 * 0.5 + 0.45
+    resume = 12.0
+    stage.note(resume, 67, 0.5)
+    stage.note(resume + 0.5, 69, 0.5)
+    stage.play_until(resume + 3)
+    stage.finish()
+    assert stage.ons(voices, stage.at(1.0), stage.at(last_off)), "no accompaniment"
+    solo_ons = stage.ons({solo})
+    assert solo_ons, "no solo after the player stopped"
+    assert all(stage.at(last_off + 2.0) - TICK_NS <= t < stage.at(resume) for t, _ in solo_ons)
+    # while the solo plays the accompaniment is silent; after the hand-back it returns
+    assert not stage.ons(voices, stage.at(last_off + 2.0) + TICK_NS, stage.at(resume))
+    assert stage.ons(voices, stage.at(resume))
+    assert _balanced(stage.sent)
