@@ -17,9 +17,12 @@ class Output:
         self.channels = [t.channel - 1 for t in tracks]
         self.notes_out = 0
 
-    def play(self, events: Iterable[NoteEvent]) -> None:
+    def play(self, events: Iterable[NoteEvent], asap: bool = False) -> None:
         """Schedule events; a track index past the preset's tracks is a model/preset mismatch
-        caught at load, so it is not checked here (hot path)."""
+        caught at load, so it is not checked here (hot path). `asap`: an answer to what the
+        player just did (harmonize), due at its beat or, if that has passed while it was
+        generated, now: late, not dropped (a silent voice under the note is worse)."""
+        floor = self.scheduler.now_ns() if asap else None
         for ev in events:
             t = self.tracks[ev.track]
             ch = t.channel - 1
@@ -29,7 +32,8 @@ class Output:
                 self.notes_out += 1
             else:
                 msg = (0x80 | ch, ev.pitch, 0)
-            self.scheduler.schedule(self.clock.time_at(ev.beat), msg)
+            due = self.clock.time_at(ev.beat)
+            self.scheduler.schedule(due if floor is None else max(due, floor), msg)
 
     def cancel_after(self, beat: float) -> None:
         """Drop what was to start after `beat` and end what sounds then (interruption)."""

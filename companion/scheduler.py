@@ -150,6 +150,10 @@ class Scheduler:
 
     # ---- producer side ------------------------------------------------------------------
 
+    def now_ns(self) -> int:
+        """The scheduler's clock (perf_counter_ns, or the virtual time it was given)."""
+        return self._now()
+
     def schedule(self, due_ns: int, msg: Message) -> None:
         """Send `msg` at `due_ns` (perf_counter_ns time base)."""
         self.schedule_many([(due_ns, msg)])

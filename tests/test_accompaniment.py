@@ -25,13 +25,13 @@ pytestmark = pytest.mark.skipif(
 class Stage:
     """A Performer on a virtual clock; `play_until(ns)` advances time tick by tick."""
 
-    def __init__(self, preset, seed=1):
+    def __init__(self, preset, seed=1, tolerance_ns=10**15):
         self.now = VirtualTime()
         self.clock = InternalClock(bpm=preset.timing.bpm, beats_per_bar=4, now_ns=self.now)
         self.clock.start(at_ns=0)
         self.sent: list[tuple[int, tuple[int, ...]]] = []
         self.scheduler = Scheduler(lambda m: self.sent.append((self.now.ns, tuple(m))),
-                                   now_ns=self.now, tolerance_ns=10**15)
+                                   now_ns=self.now, tolerance_ns=tolerance_ns)
         self.performer = Performer(preset, self.scheduler, self.clock, seed=seed,
                                    use_gpu=False)
         self.inputs: list[tuple[int, tuple[int, ...]]] = []
@@ -191,3 +191,18 @@ def test_jam_accompanies_then_solos_then_hands_back():
     assert not stage.ons(voices, stage.at(last_off + 2.0) + TICK_NS, stage.at(resume))
     assert stage.ons(voices, stage.at(resume))
     assert _balanced(stage.sent)
+
+
+def test_a_harmony_generated_late_is_played_late_not_dropped():
+    """The player's note was stamped 30 ms before the performer got to it (a loaded
+    machine): the voices still sound, at once, and the late policy drops nothing."""
+    preset = _preset("chorale")
+    stage = Stage(preset, tolerance_ns=10_000_000)
+    stage.play_until(2.0)
+    stamp = stage.now.ns
+    stage.now.ns += 30_000_000
+    stage.performer.handle(stamp, (0x90, 67, 90))
+    stage.scheduler.run_pending(stage.now.ns)
+    assert stage.ons(_voices(preset), stage.now.ns), "no voice answered the note"
+    assert stage.scheduler.summary()["late_dropped"] == 0
+    stage.finish()

@@ -10,10 +10,11 @@ same is held; one that changes is released and the new one struck.
   grid line) is committed or, if it was committed already without this note (ahead of time,
   or a moment ago), taken back with every step committed after it (the model state from
   before it, the messages not yet sent) and committed again; the changed voices sound
-  immediately, with the note. Steps with no new note (a held soprano) are committed ahead
-  as above. While the lead rests the voices hold (a breath between phrases, a late note);
-  after `REST_BEATS` of rest they end. Those steps are fed to the model as played, so it
-  knows what sounds.
+  immediately, with the note (or as soon as they are generated: late, never dropped). A
+  note-off likewise takes back a step committed ahead that has not sounded yet. Steps with
+  no new note (a held soprano) are committed ahead as above. While the lead rests the
+  voices hold (a breath between phrases, a late note); after `REST_BEATS` of rest they end.
+  Those steps are fed to the model as played, so it knows what sounds.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class Accompaniment:
             rows = [set() for _ in self.voices] if resting else self.voices
         frame = self.acc.step(lead, self.rng, rows)
         self.next_step = step + 1
-        self._play(frame, step * self.grid if at is None else at)
+        self._play(frame, step * self.grid if at is None else at, asap=at is not None)
 
     def _committed(self, step: int) -> _Committed | None:
         return next((c for c in self.history if c.step == step), None)
@@ -124,14 +125,14 @@ class Accompaniment:
         self.voices = self.output.retract_from(beat)
         self.next_step = entry.step
 
-    def _play(self, frame: list[set[int]], beat: float) -> None:
+    def _play(self, frame: list[set[int]], beat: float, asap: bool = False) -> None:
         events = []
         for k, new in enumerate(frame):
             old = self.voices[k]
             events += [NoteEvent(beat, p, 0, k) for p in sorted(old - new)]
             events += [NoteEvent(beat, p, self.acc.velocity, k) for p in sorted(new - old)]
             self.voices[k] = set(new)
-        self.output.play(events)
+        self.output.play(events, asap=asap)
 
     # ---- stopping ----------------------------------------------------------------------
     def release(self, beat: float) -> None:
