@@ -52,7 +52,10 @@ def sample(logits: np.ndarray, rng: np.random.Generator, params: Sampling,
         q = np.zeros_like(p)
         q[keep] = p[keep]
         p = q / q.sum()
-    return int(rng.choice(p.size, p=p))
+    # inverse CDF (rng.choice validates p on every call: 10x slower on this hot path); a
+    # zero-probability index is never the first whose cumulative sum exceeds the draw
+    c = np.cumsum(p)
+    return int(np.searchsorted(c, rng.random() * c[-1], side="right"))
 
 
 def sample_bernoulli(logits: np.ndarray, rng: np.random.Generator,

@@ -208,37 +208,47 @@ class Accompanist(Voice):
         self.logits = self.engine.step({"token": np.array([[token]], dtype=np.int64)})[
             "logits"][0]
 
-    def step(self, lead, rng, rows: list[set[int]] | None = None) -> list[set[int]]:
+    def step(self, lead, rng, rows: list[set[int]] | None = None,
+             on_row=None) -> list[set[int]]:
         """One grid step: the lead's pitches in, the accompaniment rows' pitches out; or,
         given `rows`, those rows fed in instead of sampled (the voices held or silenced by
-        the mode), so the model knows what sounds."""
+        the mode), so the model knows what sounds. `on_row(k, pitches)` is called as each
+        row is done, before the next is generated."""
         self._step(self.begin)
         for k in self._keys(lead):
             self._step(k)
         self._step(self.end)
         if rows is not None:
             played = []
-            for row in rows:
+            for i, row in enumerate(rows):
                 keys = self._keys(row)
                 for k in keys:
                     self._step(k)
                 self._step(self.end)
                 played.append({k + self.low for k in keys})
+                if on_row is not None:
+                    on_row(i, played[-1])
             return played
         sampled = []
-        for _ in range(1, self.rows):
+        for i in range(self.rows - 1):
             row: set[int] = set()
             allowed = np.ones(self.keys + 1, dtype=bool)
             while True:
                 tok = sample(self.logits[: self.keys + 1], rng, self.sampling, allowed)
+                if tok != self.end:
+                    row.add(tok + self.low)
+                if self.one_per_row and on_row is not None:
+                    on_row(i, row)  # one voice per row: decided by its first token already
                 self._step(tok)
                 if tok == self.end:
                     break
-                row.add(tok + self.low)
                 allowed[: tok + 1] = False
                 if self.one_per_row:
-                    allowed[: self.keys] = False
+                    self._step(self.end)  # the only token allowed after a voice's key
+                    break
             sampled.append(row)
+            if on_row is not None and not self.one_per_row:
+                on_row(i, row)
         return sampled
 
     def _keys(self, pitches) -> list[int]:

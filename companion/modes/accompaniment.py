@@ -107,10 +107,13 @@ class Accompaniment:
         rows = None
         if self.harmonize and not lead:
             resting = self.last_off is None or step * self.grid - self.last_off >= REST_BEATS
-            rows = [set() for _ in self.voices] if resting else self.voices
-        frame = self.acc.step(lead, self.rng, rows)
+            rows = [set() for _ in self.voices] if resting else [set(v) for v in self.voices]
+        beat, asap = (step * self.grid, False) if at is None else (at, True)
+        # each voice is sent as soon as it is sampled: the alto sounds before the bass is
+        # generated, which is what an answer's latency is made of
+        self.acc.step(lead, self.rng, rows,
+                      on_row=lambda k, new: self._play_row(k, new, beat, asap))
         self.next_step = step + 1
-        self._play(frame, step * self.grid if at is None else at, asap=at is not None)
 
     def _committed(self, step: int) -> _Committed | None:
         return next((c for c in self.history if c.step == step), None)
@@ -125,13 +128,15 @@ class Accompaniment:
         self.voices = self.output.retract_from(beat)
         self.next_step = entry.step
 
-    def _play(self, frame: list[set[int]], beat: float, asap: bool = False) -> None:
-        events = []
-        for k, new in enumerate(frame):
-            old = self.voices[k]
-            events += [NoteEvent(beat, p, 0, k) for p in sorted(old - new)]
-            events += [NoteEvent(beat, p, self.acc.velocity, k) for p in sorted(new - old)]
-            self.voices[k] = set(new)
+    def _play_row(self, k: int, new: set[int], beat: float, asap: bool) -> None:
+        """Voice `k` moves to `new` at `beat`: what it leaves is released, what it takes is
+        struck, what it keeps is held."""
+        old = self.voices[k]
+        if new == old:
+            return
+        events = [NoteEvent(beat, p, 0, k) for p in sorted(old - new)]
+        events += [NoteEvent(beat, p, self.acc.velocity, k) for p in sorted(new - old)]
+        self.voices[k] = set(new)
         self.output.play(events, asap=asap)
 
     # ---- stopping ----------------------------------------------------------------------
