@@ -206,3 +206,33 @@ def test_a_harmony_generated_late_is_played_late_not_dropped():
     assert stage.ons(_voices(preset), stage.now.ns), "no voice answered the note"
     assert stage.scheduler.summary()["late_dropped"] == 0
     stage.finish()
+
+
+MISMATCHES = {
+    # an accompany preset playing a continuation model
+    "accompany-folk": ('model = "folk"\nmode = "accompany"\n', "needs a multitrack-step model"),
+    # a continue preset playing the accompanist
+    "continue-chorale": ('model = "chorale"\nmode = "continue"\n', "cannot continue a phrase"),
+    # the chorale has three voices; this preset gives it two tracks
+    "two-tracks": ('model = "chorale"\nmode = "accompany"\n'
+                   '[[tracks]]\nname = "a"\nchannel = 2\n[[tracks]]\nname = "b"\nchannel = 3\n',
+                   "3"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISMATCHES))
+def test_a_model_that_does_not_fit_the_preset_is_one_line_exit_2(tmp_path, case):
+    import subprocess
+    import sys
+
+    text, fragment = MISMATCHES[case]
+    preset = tmp_path / f"{case}.toml"
+    preset.write_text(text)
+    Score.from_notes([Note(0.0, 67, 1.0, 90), Note(1.0, 69, 1.0, 90)]).to_midi(tmp_path / "in.mid")
+    command = "accompany" if "accompany" in text else "continue"
+    r = subprocess.run([sys.executable, "-m", "companion", command, str(preset),
+                        str(tmp_path / "in.mid"), "-o", str(tmp_path / "out.mid")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert fragment in r.stderr and "onnx" in r.stderr, r.stderr
