@@ -20,7 +20,7 @@ from companion import ports, presets
 from companion.errors import CompanionError
 from companion.performer import Performer, make_clock
 from companion.recorder import FLUSH_EVERY_S, Recorder
-from companion.scheduler import Scheduler, configure_realtime
+from companion.scheduler import Scheduler, configure_realtime, freeze_heap
 
 TICK_S = 0.002  # how often the performer generates ahead (it does nothing when idle)
 STATUS_EVERY_S = 0.5
@@ -58,6 +58,7 @@ class Daemon:
 
     def _perform(self, preset) -> Performer:
         performer = Performer(preset, self.scheduler, self.clock, seed=self.seed)
+        freeze_heap()  # loaded and warm: no full collection walks it while playing
         now = self.now_ns()
         self.scheduler.schedule_many([(now, m) for m in performer.start_messages()])
         if self.recorder is not None:
