@@ -42,7 +42,6 @@ from pathlib import Path
 from companion import presets
 from companion.errors import CompanionError
 from companion.ports import CLIENT_NAME, VIRTUAL_INPUT, VIRTUAL_OUTPUT
-from companion.scheduler import configure_realtime, freeze_heap
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -781,11 +780,6 @@ def run(args) -> dict:
     smoke = args.smoke
     zoo = Path(args.zoo) if args.zoo else presets.zoo_dir()
     only = set(args.only or SECTIONS)
-    # our keyboard and listener are JACK clients too: their callbacks wait for this process's
-    # GIL, and under -S a client that waits holds up every client's cycle, so this process
-    # gets the daemon's real-time settings (GIL hand-off, no full collection of the heap)
-    configure_realtime()
-    freeze_heap()
     playable = playable_presets(zoo)
     shipped = sorted(zoo.glob("*.onnx"))
     r: dict = {"mode": "smoke" if smoke else "full", "date": time.strftime("%Y-%m-%d %H:%M %Z"),
