@@ -22,7 +22,7 @@ from pathlib import Path
 from companion.score import TICKS_PER_BEAT
 
 FLUSH_EVERY_S = 2.0
-_LENGTH = {0x80: 3, 0x90: 3, 0xB0: 3, 0xC0: 2}  # what is recorded, by status
+_LENGTH = {0x80: 3, 0x90: 3, 0xB0: 3, 0xC0: 2}  # what is recorded, by status nibble
 
 
 def _vlq(n: int) -> bytes:
@@ -69,7 +69,6 @@ class Recorder:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one writer at a time
         self._writer: threading.Thread | None = None
-        self._dirty = False
 
     def player(self, beat: float, msg) -> None:
         self._add(beat, "player", msg)
@@ -78,21 +77,19 @@ class Recorder:
         self._add(beat, "companion", msg)
 
     def _add(self, beat: float, source: str, msg) -> None:
-        if not msg or len(msg) != _LENGTH.get(msg[0] & 0xF0 if msg[0] < 0xF0 else 0):
+        if not msg or len(msg) != _LENGTH.get(msg[0] & 0xF0):
             return  # clock and sysex are not part of the music, nor a malformed message
         with self._lock:
             self._pending.append((max(beat, 0.0), source, tuple(msg)))
-            self._dirty = True
 
     def flush(self) -> None:
         """Write the file now (atomically), after any write in progress; a no-op when nothing
         changed."""
         with self._write_lock:
             with self._lock:
-                if not self._dirty:
+                if not self._pending:
                     return
                 new, self._pending = self._pending, []
-                self._dirty = False
             for beat, source, msg in sorted(new, key=lambda e: e[0]):
                 self._tracks.setdefault((source, msg[0] & 0x0F), _Track()).add(beat, msg)
             tmp = self.path.with_name(self.path.name + ".tmp")
