@@ -41,7 +41,7 @@ from pathlib import Path
 
 from companion import presets
 from companion.errors import CompanionError
-from companion.ports import CLIENT_NAME, VIRTUAL_INPUT, VIRTUAL_OUTPUT
+from companion.ports import CLIENT_NAME, VIRTUAL_INPUT, VIRTUAL_OUTPUT, close_client
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -186,8 +186,7 @@ class Keyboard:
         return stamps
 
     def close(self) -> None:
-        self._out.close_port()
-        self._out.delete()
+        close_client(self._out)
 
 
 class Listener:
@@ -235,8 +234,7 @@ class Listener:
 
     def close(self) -> None:
         self._in.cancel_callback()
-        self._in.close_port()
-        self._in.delete()
+        close_client(self._in)
 
 
 def is_note_on(msg, channel: int | None = None) -> bool:
@@ -509,6 +507,9 @@ def echo_client() -> None:
     inp.open_virtual_port("in")
     print("ready", flush=True)
     sys.stdin.read()
+    inp.cancel_callback()
+    close_client(inp)
+    close_client(out)
 
 
 def measure_floor(notes: int) -> dict:
