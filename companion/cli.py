@@ -66,6 +66,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+# ---- argument types: a bad value is argparse's one-line error and exit code 2 -------------
+def _ranged(kind, lo, hi, what: str):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, received {text!r}") from None
+        if not (lo <= v <= hi):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"expected {what}, received {text!r}")
+        return v
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+SEED = _ranged(int, 0, 2**63 - 1, "a whole number >= 0")
+BARS = _ranged(int, 1, 64, "a whole number of bars from 1 to 64")
+BPM = _ranged(float, 20.0, 300.0, "a tempo from 20 to 300 bpm")
+POSITIVE = _ranged(int, 1, 2**31 - 1, "a whole number >= 1")
+
+
 # ---- subcommands -------------------------------------------------------------------------
 
 
@@ -83,10 +103,10 @@ def _run_args(p):
                    help="MIDI system: the platform's (CoreMIDI, ALSA, WinMM) or JACK")
     p.add_argument("--clock", choices=["internal", "midi"], default="internal",
                    help="internal tempo, or follow the DAW's MIDI clock on the input port")
-    p.add_argument("--bpm", type=float, help="internal tempo (default: the preset's)")
+    p.add_argument("--bpm", type=BPM, help="internal tempo (default: the preset's)")
     p.add_argument("--record", metavar="FILE.mid",
                    help="record the player and the companion, flushed every 2 s and on exit")
-    p.add_argument("--seed", type=int, help="random seed for sampling")
+    p.add_argument("--seed", type=SEED, help="random seed for sampling")
     p.add_argument("--quiet", action="store_true", help="no status line")
     p.add_argument("--log-json", action="store_true",
                    help="one JSON line per event on stdout, for scripts")
@@ -110,8 +130,8 @@ def _continue_args(p):
     p.add_argument("preset", help="preset name or path to a .toml")
     p.add_argument("input", metavar="IN.mid")
     p.add_argument("-o", "--output", metavar="OUT.mid", required=True)
-    p.add_argument("--bars", type=int, help="length of the continuation (default: preset's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bars", type=BARS, help="length of the continuation (default: preset's)")
+    p.add_argument("--seed", type=SEED, default=0)
 
 
 @command("accompany", "companion.commands:accompany_cmd",
@@ -120,7 +140,7 @@ def _accompany_args(p):
     p.add_argument("preset", help="preset name or path to a .toml")
     p.add_argument("input", metavar="IN.mid")
     p.add_argument("-o", "--output", metavar="OUT.mid", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
 
 
 @command("demo", "companion.demo:main",
@@ -128,7 +148,7 @@ def _accompany_args(p):
 def _demo_args(p):
     p.add_argument("preset", nargs="?", help="preset name or path (default: the default)")
     p.add_argument("-o", "--output", metavar="OUT.mid", default="companion-demo.mid")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
 
 
 @command("eval", "companion.evaluate:main",
@@ -142,8 +162,8 @@ def _eval_args(p):
     what.add_argument("--split", choices=["valid", "test"],
                       help="NLL per token (nats) on the model's own held-out split")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--batch", type=int, default=64, help="pieces rolled out side by side")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--batch", type=POSITIVE, default=64, help="pieces rolled out side by side")
+    p.add_argument("--threads", type=POSITIVE, default=1, help="onnxruntime intra-op threads")
 
 
 @command("train", "models.train:main",

@@ -40,9 +40,11 @@ def presets_cmd(args) -> int:
 
 def _offline(args, mode: str, bars=None) -> int:
     from companion.offline import perform
+    from companion.outfiles import check_output
     from companion.score import Score
 
     preset = presets.load(args.preset)
+    check_output(args.output, "-o", inputs=[args.input])
     if preset.mode != mode and not (mode == "accompany" and preset.mode == "jam"):
         raise PresetError(f"{preset.path}: mode is {preset.mode!r}; `companion {mode}` needs "
                           f"a preset whose mode is {mode!r}")

@@ -17,7 +17,8 @@ import threading
 import time
 
 from companion import ports, presets
-from companion.errors import CompanionError
+from companion.errors import CompanionError, MidiFileError
+from companion.outfiles import check_output
 from companion.performer import Performer, make_clock
 from companion.recorder import FLUSH_EVERY_S, Recorder
 from companion.scheduler import Scheduler, configure_realtime, freeze_heap
@@ -33,7 +34,7 @@ class Daemon:
         self.preset = preset
         self.inp, self.out = inp, out
         self.clock_kind = clock_kind
-        self.bpm = bpm or preset.timing.bpm
+        self.bpm = preset.timing.bpm if bpm is None else bpm
         self.seed = seed
         self.quiet, self.log_json = quiet, log_json
         self.now_ns = now_ns
@@ -130,13 +131,19 @@ class Daemon:
         """Nothing left sounding, the recording on disk, ports closed."""
         self.performer.stop_sound(self.now_ns())
         self.scheduler.stop()
+        failed = None
         if self.recorder is not None:
-            self.recorder.flush()
+            try:
+                self.recorder.flush()
+            except MidiFileError as err:  # the ports still close; then the error is told
+                failed = err
         self.out.close()
         self.inp.close()
         self.event("stopped", **self.scheduler.summary())
         if not self.quiet and not self.log_json:
             print(file=self.status_stream)
+        if failed is not None:
+            raise failed
 
     # ---- reporting ---------------------------------------------------------------------
     def status(self) -> None:
@@ -172,6 +179,8 @@ class Daemon:
 def main(args) -> int:
     """Entry point of `companion run`."""
     preset = presets.load(args.preset)
+    if args.record:  # before any port opens: a take must never be lost to a bad path
+        check_output(args.record, "--record")
     configure_realtime()
     # From here on a signal only asks to stop: one during start-up (the "preset" event is
     # printed before run()) must not kill the process with its JACK clients still open.

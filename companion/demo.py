@@ -12,6 +12,7 @@ import time
 
 from companion import presets
 from companion.daemon import Daemon
+from companion.outfiles import check_output
 from companion.ports import loopback_pair
 from companion.scheduler import configure_realtime
 
@@ -29,6 +30,7 @@ def note_name(p: int) -> str:
 
 def main(args) -> int:
     preset = presets.load(args.preset)
+    check_output(args.output, "-o")
     configure_realtime()
     to_daemon, daemon_in = loopback_pair("demo player")
     daemon_out, heard = loopback_pair("demo listener")

@@ -9,6 +9,7 @@ whole behaviour.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -146,6 +147,7 @@ class _Checker:
         self.path = path
 
     def fail(self, where: str, msg: str):
+        where = where or "the preset"  # a top-level key: "the preset has unknown key ..."
         raise PresetError(f"{self.path}: {where} {msg}")
 
     def table(self, data: dict, where: str, allowed: set[str]) -> dict:
@@ -166,6 +168,8 @@ class _Checker:
         ok_types = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}[kind]
         if isinstance(v, bool) and kind is not bool or not isinstance(v, ok_types):
             self.fail(label, f"must be {kind.__name__} (received {v!r})")
+        if kind is float and not math.isfinite(v):
+            self.fail(label, f"must be a finite number (received {v!r})")
         if choices is not None and v not in choices:
             self.fail(label, f"must be one of {', '.join(map(str, choices))} (received {v!r})")
         if lo is not None and (v <= lo if lo_open else v < lo):
@@ -214,12 +218,15 @@ def _model_path(c: _Checker, data: dict, key: str, path: Path) -> Path:
     if not v:
         c.fail(key, "must name a model (a name from models/zoo or a path to an .onnx file)")
     p = Path(v)
-    if p.suffix != ".onnx":
+    if p.suffix == ".onnx" or len(p.parts) > 1:  # a path (relative to the preset file)
+        p = p if p.is_absolute() else (path.parent / p).resolve()
+    else:
         p = zoo_dir() / f"{v}.onnx"
-    elif not p.is_absolute():
-        p = (path.parent / p).resolve()
     if not p.is_file():
-        c.fail(key, f"names a model file that does not exist: {p}")
+        c.fail(key, f"names a model file that does not exist: {p} (expected a name from "
+                    f"{zoo_dir()} or a path to an .onnx file)")
+    if p.suffix != ".onnx":
+        c.fail(key, f"must be an .onnx model file (received {p})")
     return p
 
 

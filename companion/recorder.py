@@ -3,7 +3,10 @@
 Every message the player sends and every message the companion sends is kept with its
 time; `flush()` rewrites the .mid file (written to a temporary file and renamed over the old
 one, so a kill -9 between flushes leaves the previous complete file). The daemon flushes
-every few seconds in the background (`flush_in_background`) and on exit.
+every few seconds in the background (`flush_in_background`) and on exit. The path is
+checked when the recorder is made, before anything is played; if a later write fails (a
+full disk), everything stays in memory, one warning says so, and the next flush writes it
+all again; only the final flush raises.
 
 A flush must cost the live threads almost nothing, so each message is encoded to Standard
 MIDI File bytes once, by the first flush after it arrives, onto its track's bytes; writing
@@ -16,9 +19,11 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 import threading
-from pathlib import Path
 
+from companion.errors import MidiFileError
+from companion.outfiles import check_output, write_atomic
 from companion.score import TICKS_PER_BEAT
 
 FLUSH_EVERY_S = 2.0
@@ -60,15 +65,19 @@ class _Track:
 class Recorder:
     """Collects (beat, source, raw message); writes one track per (source, channel)."""
 
-    def __init__(self, path: str | os.PathLike, bpm: float, names: dict[int, str] | None = None):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, bpm: float, names: dict[int, str] | None = None,
+                 flag: str = "--record", warn=sys.stderr):
+        self.path = check_output(path, flag)
         self.bpm = bpm
         self.names = names or {}  # output channel (0-based) -> track name
         self._pending: list[tuple[float, str, tuple[int, ...]]] = []  # not encoded yet
         self._tracks: dict[tuple[str, int], _Track] = {}
+        self._unwritten = False  # encoded messages that no file holds yet
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one writer at a time
         self._writer: threading.Thread | None = None
+        self._warn = warn
+        self.failed: MidiFileError | None = None  # the last background write's error
 
     def player(self, beat: float, msg) -> None:
         self._add(beat, "player", msg)
@@ -87,18 +96,15 @@ class Recorder:
         changed."""
         with self._write_lock:
             with self._lock:
-                if not self._pending:
+                if not self._pending and not self._unwritten:
                     return
                 new, self._pending = self._pending, []
             for beat, source, msg in sorted(new, key=lambda e: e[0]):
                 self._tracks.setdefault((source, msg[0] & 0x0F), _Track()).add(beat, msg)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.write(self._smf())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            self._unwritten = True
+            write_atomic(self.path, self._smf())
+            self._unwritten = False
+            self.failed = None
 
     def _smf(self) -> bytes:
         """The whole file: a conductor track (tempo), then one track per (source, channel)."""
@@ -115,5 +121,15 @@ class Recorder:
         """`flush()` on a thread of its own, unless the previous one is still writing."""
         if self._writer is not None and self._writer.is_alive():
             return
-        self._writer = threading.Thread(target=self.flush, name="recorder", daemon=True)
+        self._writer = threading.Thread(target=self._flush_quietly, name="recorder",
+                                        daemon=True)
         self._writer.start()
+
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except MidiFileError as err:
+            if self.failed is None and self._warn is not None:
+                print(f"\ncompanion: warning: {err}; the recording is kept in memory and "
+                      "written again at the next flush", file=self._warn, flush=True)
+            self.failed = err

@@ -7,6 +7,7 @@ property of playback, not of the music.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections import defaultdict, deque
@@ -16,6 +17,7 @@ from pathlib import Path
 import mido
 
 from companion.errors import MidiFileError
+from companion.outfiles import write_atomic
 
 DRUM_CHANNEL = 9
 DEFAULT_BPM = 120.0
@@ -122,9 +124,13 @@ class Score:
         except Exception as err:
             # mido's parser raises many kinds on damaged bytes (OSError, EOFError, ValueError,
             # KeySignatureError, ...); all mean the same thing to the caller.
-            raise MidiFileError(
-                f"{path}: not a readable Standard MIDI File ({type(err).__name__}: {err})"
-            ) from err
+            if path.stat().st_size == 0:
+                why = "the file is empty"
+            elif isinstance(err, EOFError):
+                why = "it ends in the middle of a chunk: truncated"
+            else:
+                why = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+            raise MidiFileError(f"{path}: not a readable Standard MIDI File ({why})") from err
         if mid.type == 2:
             raise MidiFileError(
                 f"{path}: MIDI file type 2 (sequential songs) is not supported "
@@ -172,10 +178,9 @@ class Score:
         overlapping on one track are matched first on, first off (MIDI cannot say which note
         an off ends), so a note nested inside a longer one of its pitch swaps ends with it."""
         mid = self.to_mido(ticks_per_beat, source=str(path))
-        try:
-            mid.save(path)
-        except OSError as err:
-            raise MidiFileError(f"{path}: cannot write ({type(err).__name__}: {err})") from err
+        buf = io.BytesIO()
+        mid.save(file=buf)
+        write_atomic(path, buf.getvalue())
 
     def to_mido(
         self, ticks_per_beat: int = TICKS_PER_BEAT, *, source: str = "<midi>"

@@ -308,6 +308,11 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
     tr, dcfg = cfg["train"], cfg["data"]
     out = Path(tr["out"])
     last_path, best_path = out / "last.pt", out / "best.pt"
+    try:  # before any training: a run must not fail at its first checkpoint
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{config_path}: [train] out = {str(out)!r}: cannot create that "
+                          f"folder ({err.strerror or err})") from err
     state = None
     if resume:
         if not last_path.is_file():

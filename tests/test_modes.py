@@ -127,6 +127,19 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, token_model):
         ["continue", preset.path, tmp_path / "notmidi.mid", "-o", tmp_path / "o.mid"],
         ["continue", preset.path, tmp_path / "missing.mid", "-o", tmp_path / "o.mid"],
     ]
+    good = tmp_path / "good.mid"
+    Score.from_notes(phrase()).to_midi(good)
+    kept = good.read_bytes()
+    cases += [
+        ["continue", preset.path, good, "-o", good],  # would overwrite the input
+        ["continue", preset.path, good, "-o", tmp_path / "no-such-dir" / "o.mid"],
+        ["continue", preset.path, good, "-o", tmp_path / "o.mid", "--seed", "-1"],
+        ["continue", preset.path, good, "-o", tmp_path / "o.mid", "--bars", "0"],
+        ["continue", preset.path, good, "-o", tmp_path / "o.mid", "--bars", "65"],
+        ["run", preset.path, "--bpm", "nan"],
+        ["run", preset.path, "--record", tmp_path / "no-such-dir" / "take.mid"],
+        ["demo", preset.path, "-o", good / "take.mid"],  # its folder is a file
+    ]
     (tmp_path / "trunc.onnx").write_bytes(token_model.read_bytes()[:1000])
     cases.append(["continue", make_preset(tmp_path, tmp_path / "trunc.onnx").path,
                   tmp_path / "notmidi.mid", "-o", tmp_path / "o.mid"])
@@ -134,4 +147,9 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, token_model):
         r = subprocess.run([sys.executable, "-m", "companion", *map(str, args)], cwd=tmp_path,
                            capture_output=True, text=True)
         assert r.returncode == 2, (args, r.stderr)
-        assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith("companion"), r.stderr
+        if args[0] not in ("run",) and "--seed" not in args and "--bars" not in args:
+            assert r.stderr.count("\n") == 1, r.stderr  # not argparse's usage + error
+    assert good.read_bytes() == kept, "a refused command touched the input"
+    assert not (tmp_path / "no-such-dir").exists()

@@ -87,3 +87,39 @@ def test_long_gaps_are_encoded_as_smf_variable_length_quantities(tmp_path, delta
     rec.player(delta / TICKS_PER_BEAT, (0x80, 60, 0))
     rec.flush()
     assert _notes(mido.MidiFile(path))["player"][1][0] == delta
+
+
+def test_a_path_that_cannot_be_written_is_refused_before_anything_is_played(tmp_path):
+    from companion.errors import MidiFileError
+
+    (tmp_path / "afile").write_text("x")
+    for bad in (tmp_path / "missing" / "take.mid", tmp_path / "afile" / "take.mid", tmp_path):
+        with pytest.raises(MidiFileError, match="--record"):
+            Recorder(bad, 120.0)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_failed_write_keeps_everything_and_the_next_flush_writes_it(tmp_path):
+    import io
+
+    from companion.errors import MidiFileError
+
+    folder = tmp_path / "takes"
+    folder.mkdir()
+    warned = io.StringIO()
+    rec = Recorder(folder / "take.mid", 120.0, warn=warned)
+    rec.player(0.0, (0x90, 60, 90))
+    folder.rmdir()  # the drive goes away mid-session: every write fails
+    for beat, msg in ((1.0, (0x80, 60, 0)), (2.0, (0x90, 62, 90))):
+        rec.player(beat, msg)
+        rec.flush_in_background()
+        rec._writer.join()
+    assert isinstance(rec.failed, MidiFileError)
+    assert warned.getvalue().count("warning") == 1, warned.getvalue()
+    with pytest.raises(MidiFileError, match="take.mid"):
+        rec.flush()  # the final flush tells
+    folder.mkdir()  # it is back: everything played is written
+    rec.flush()
+    notes = _notes(mido.MidiFile(folder / "take.mid"))["player"]
+    assert notes == [(0, "note_on", 0, 60), (TICKS_PER_BEAT, "note_off", 0, 60),
+                     (2 * TICKS_PER_BEAT, "note_on", 0, 62)]
