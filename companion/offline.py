@@ -29,8 +29,9 @@ class VirtualTime:
 
 def perform(preset: Preset, score: Score, *, seed: int = 0, bars: int | None = None,
             use_gpu: bool = False) -> Score:
-    """Play `score` (all tracks as the player's part) into `preset`; return the input track
-    plus one track per generated part."""
+    """Play `score` (all tracks as the player's part) into `preset`; return the player's
+    parts as they came (a channel a generated part takes moves to a free one) plus one track
+    per generated part."""
     if bars is not None:
         preset = replace(preset, timing=replace(preset.timing, bars=bars))
     if preset.mode == "continue":
@@ -82,16 +83,21 @@ def _input_messages(score: Score, clock) -> list[tuple[int, tuple[int, ...]]]:
 
 
 def _result(score, preset, performer, clock, sent) -> Score:
-    lead = Track(name="player", program=score.tracks[0].program if score.tracks else 0,
-                 notes=score.notes, channel=None)
     outs = getattr(performer, "outputs", [performer.output])
     tracks_by_ch = {}
     for out in outs:
         for t in out.tracks:
             tracks_by_ch[t.channel - 1] = Track(name=t.name, program=t.program,
                                                 channel=t.channel - 1)
-    if any(ch == 0 for ch in tracks_by_ch):
-        lead.channel = next(c for c in range(16) if c not in tracks_by_ch and c != 9)
+    # the player's parts as they came (name, program, drums, channel); one whose channel a
+    # generated part takes moves to the lowest free one, so no two parts share a channel
+    played = [replace(t, notes=list(t.notes)) for t in score.tracks if t.notes]
+    taken = set(tracks_by_ch)
+    for t in played:
+        if t.channel is None or t.channel in tracks_by_ch:
+            free = [c for c in range(16) if c not in taken and (c == 9) == t.is_drum]
+            t.channel = free[0] if free else None
+        taken.add(t.channel)
     open_: dict[tuple[int, int], tuple[float, int]] = {}
     for t_ns, msg in sent:
         kind, ch = msg[0] & 0xF0, msg[0] & 0x0F
@@ -107,5 +113,5 @@ def _result(score, preset, performer, clock, sent) -> Score:
     if open_:  # the scheduler's stop() released everything: this would be a ledger bug
         raise RuntimeError(f"notes left open after the performance: {sorted(open_)}")
     generated = [tracks_by_ch[ch] for ch in sorted(tracks_by_ch)]
-    return Score(tracks=[lead] + generated, tempos=list(score.tempos),
+    return Score(tracks=played + generated, tempos=list(score.tempos),
                  time_signatures=list(score.time_signatures))

@@ -10,7 +10,7 @@ import pytest
 
 from companion import presets
 from companion.offline import perform
-from companion.score import Note, Score
+from companion.score import Note, Score, Track
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -153,3 +153,24 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, token_model):
             assert r.stderr.count("\n") == 1, r.stderr  # not argparse's usage + error
     assert good.read_bytes() == kept, "a refused command touched the input"
     assert not (tmp_path / "no-such-dir").exists()
+
+
+def test_offline_output_keeps_the_players_parts_and_channels(tmp_path, token_model):
+    """Each played part comes back as it was (name, program, drums, channel); only a part on
+    a channel that a generated part takes moves, to the lowest free one."""
+    preset = make_preset(tmp_path, token_model)  # answers on channel 3 (index 2)
+    melody = Track(name="melody", program=40, channel=2, notes=phrase())
+    drums = Track(name="kit", is_drum=True, channel=9,
+                  notes=[Note(i * 1.0, 36, 0.25, 100) for i in range(4)])
+    bass = Track(name="bass", program=33, channel=5, notes=[Note(0.0, 40, 2.0, 80)])
+    Score(tracks=[melody, drums, bass]).to_midi(tmp_path / "in.mid")
+    companion("continue", preset.path, tmp_path / "in.mid", "-o", tmp_path / "out.mid",
+              "--bars", 1, cwd=tmp_path)
+    out = Score.from_midi(tmp_path / "out.mid")
+    by_ch = {t.channel: t for t in out.tracks}
+    assert set(by_ch) == {0, 2, 5, 9}, by_ch
+    assert by_ch[0].name == "melody" and by_ch[0].program == 40
+    assert [(n.onset, n.pitch) for n in by_ch[0].notes] == [(n.onset, n.pitch) for n in phrase()]
+    assert by_ch[9].is_drum and len(by_ch[9].notes) == 4
+    assert by_ch[5].name == "bass" and by_ch[5].program == 33
+    assert by_ch[2].name == "answer" and by_ch[2].notes
