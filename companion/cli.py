@@ -181,6 +181,9 @@ def _train_args(p):
 def _export_args(p):
     p.add_argument("checkpoint", metavar="CHECKPOINT.pt")
     p.add_argument("-o", "--output", metavar="MODEL.onnx", required=True)
+    p.add_argument("--float16", action="store_true",
+                   help="store the weights as float16: half the file; the model is the "
+                        "rounded one, parity-checked and evaluated as such")
 
 
 @command("bench", "companion.bench:main",

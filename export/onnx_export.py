@@ -223,6 +223,51 @@ def write_metadata(path: str | os.PathLike, meta: dict[str, str]) -> None:
     onnx.save(model, str(path))
 
 
+def round_to_float16(model: nn.Module) -> None:
+    """Round every floating-point weight to the nearest float16 (kept in float32), so that the
+    torch model the parity check runs is exactly the model `store_float16` writes."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.copy_(p.half().float())
+
+
+def store_float16(path: str | os.PathLike, min_elements: int = 16) -> int:
+    """Rewrite an ONNX file so that its float32 weights are stored as float16, each read
+    through a Cast back to float32: half the bytes; the computation stays float32 (the
+    runtime folds each Cast once, at load). Only weights that float16 holds exactly are
+    converted (all of them after `round_to_float16`, except what the exporter computed from
+    several, such as summed biases), so the file computes exactly what torch did.
+    Returns how many initializers were converted."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    keep, casts = [], []
+    for init in graph.initializer:
+        n = int(np.prod(init.dims)) if len(init.dims) else 1
+        if init.data_type != TensorProto.FLOAT or n < min_elements:
+            keep.append(init)
+            continue
+        full = numpy_helper.to_array(init)
+        if not np.array_equal(full.astype(np.float16).astype(np.float32), full):
+            keep.append(init)  # folded by the exporter (two biases summed): not exact in f16
+            continue
+        half = numpy_helper.from_array(full.astype(np.float16), name=f"{init.name}__f16")
+        keep.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
+                                      name=f"{init.name}__to_f32"))
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return len(casts)
+
+
 def metadata(model: nn.Module, ckpt: dict, spec: ExportSpec) -> dict[str, str]:
     """The metadata_props of a model file (strings; JSON where structured)."""
     from companion import representations
@@ -319,8 +364,13 @@ def export_checkpoint(
     batch_sizes: tuple[int, ...] = (1, 3),
     steps: int = 64,
     atol: float = 1e-4,
+    float16: bool = False,
 ) -> dict:
     """Checkpoint -> ONNX model file with metadata; parity-checked at ``batch_sizes``.
+
+    ``float16``: store the weights as float16 (half the file; see `store_float16`). The
+    weights are rounded first, so the file is exactly the rounded model, parity included;
+    what `companion eval` then measures is that model.
 
     Returns a report: the metadata written, the file size, the parity differences and the
     export time. On a parity failure nothing is written and ParityError is raised.
@@ -328,6 +378,8 @@ def export_checkpoint(
     t0 = time.perf_counter()
     ckpt = load_checkpoint(ckpt_path)
     model = build_model(ckpt)
+    if float16:
+        round_to_float16(model)
     if model.protocol not in PROTOCOL_IO:
         raise ModelError(
             f"{ckpt_path}: protocol {model.protocol!r} is not one the runtime "
@@ -341,7 +393,10 @@ def export_checkpoint(
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
         export_onnx(spec, tmp)
+        if float16:
+            store_float16(tmp)
         meta = metadata(model, ckpt, spec)
+        meta["weights"] = "float16" if float16 else "float32"
         write_metadata(tmp, meta)
         parity = {b: check_parity(spec, tmp, batch=b, steps=steps, atol=atol) for b in batch_sizes}
         modelfile.load(tmp)  # the runtime accepts it: metadata agrees with the graph
@@ -360,7 +415,7 @@ def export_checkpoint(
 def main(args) -> int:
     """`companion export CHECKPOINT -o MODEL.onnx`."""
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    report = export_checkpoint(args.checkpoint, args.output)
+    report = export_checkpoint(args.checkpoint, args.output, float16=args.float16)
     meta = report["metadata"]
     worst = max(max(p.values()) for p in report["parity"].values())
     print(

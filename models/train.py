@@ -14,6 +14,8 @@ checkpoint that ``companion export`` takes, and ``last.pt`` (the same plus the o
 and the data position) that ``--resume`` continues from.
 
 Ensembles: ``[train] seeds = [0, 1, 2]`` trains one member per seed (into ``out/seed<N>/``;
+a member may also change keys of [model]: ``{seed = 0, model = {dec_hidden = 512}}`` trains
+into ``out/seed0-dec_hidden512/``;
 ``--resume`` skips finished members and resumes the one that was cut off), then combines
 them with the family's ``ensemble`` (families that have one: roll-nade-lstm averages the
 members' next-token distributions, still one exact distribution per frame), evaluates the
@@ -181,14 +183,39 @@ def check_config(raw: dict, path: Path) -> dict:
         raise fail("train", "max_steps", "or max_minutes must be set (> 0)")
     if tr["seeds"] is not None:
         seeds = tr["seeds"]
-        if (len(seeds) < 2 or len(set(seeds)) != len(seeds)
-                or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
-            raise fail("train", "seeds", "must be a list of at least 2 distinct integers", seeds)
+        members = [_member(x) for x in seeds]
+        if (len(seeds) < 2 or None in members
+                or len({repr(m) for m in members}) != len(members)):
+            raise fail("train", "seeds", "must be a list of at least 2 distinct members, each "
+                       "a seed (an integer) or {seed = N, model = {key = value, ...}}", seeds)
+        for m in members:
+            bad = [k for k, _ in m[1] if k == "family" or k not in cfg["model"]]
+            if bad:
+                raise fail("train", "seeds", f"a member may only change keys that [model] "
+                           f"sets, family excepted (received {bad[0]!r})")
         if not hasattr(import_module(FAMILY_MODULES[family]), "ensemble"):
             raise fail("train", "seeds", f"needs a family that ensembles; {family} does not")
     if tr["out"] is None:
         tr["out"] = str(Path("runs") / path.stem)
     return cfg
+
+
+def _member(entry) -> tuple | None:
+    """An ensemble member of `[train] seeds`: (seed, ((model key, value), ...)), or None
+    when `entry` is neither an integer seed nor {seed = N, model = {...}}."""
+    if isinstance(entry, int) and not isinstance(entry, bool):
+        return (entry, ())
+    if (isinstance(entry, dict) and set(entry) <= {"seed", "model"}
+            and isinstance(entry.get("seed"), int) and not isinstance(entry["seed"], bool)
+            and isinstance(entry.get("model", {}), dict)):
+        return (entry["seed"], tuple(sorted(entry.get("model", {}).items())))
+    return None
+
+
+def _member_dir(entry) -> str:
+    """Where a member trains under the ensemble's out: seed<N>, plus its model changes."""
+    seed, changes = _member(entry)
+    return "-".join([f"seed{seed}"] + [f"{k}{v}" for k, v in changes])
 
 
 def make_representation(cfg: dict, path: Path):
@@ -560,15 +587,18 @@ def _ensemble(cfg, config_path, resume, dev, rank, world, progress) -> dict:
     tr = cfg["train"]
     out = Path(tr["out"])
     paths = []
-    for seed in tr["seeds"]:
+    for entry in tr["seeds"]:
+        seed, changes = _member(entry)
+        where = out / _member_dir(entry)
         member = copy.deepcopy(cfg)
-        member["train"].update(seed=seed, seeds=None, out=str(out / f"seed{seed}"))
-        best, last = out / f"seed{seed}" / "best.pt", out / f"seed{seed}" / "last.pt"
+        member["model"].update(dict(changes))
+        member["train"].update(seed=seed, seeds=None, out=str(where))
+        best, last = where / "best.pt", where / "last.pt"
         finished = best.is_file() and (not last.is_file()
                                        or best.stat().st_mtime >= last.stat().st_mtime)
         if not (resume and finished):
             if progress:
-                print(f"ensemble member seed {seed} -> {best}", flush=True)
+                print(f"ensemble member {_member_dir(entry)} -> {best}", flush=True)
             _run(member, config_path, resume and last.is_file(), dev, rank, world, progress)
         paths.append(best)
     if rank != 0:

@@ -279,10 +279,37 @@ def test_seeds_train_members_and_save_their_ensemble(tmp_path):
     assert (tmp_path / "run" / "seed1" / "best.pt").stat().st_mtime == mtime
 
 
+@pytest.mark.slow
+def test_members_may_change_the_model_and_still_ensemble(tmp_path):
+    """A member {seed = N, model = {...}} trains its own architecture (in its own folder);
+    the ensemble holds both architectures and exports (float16 weights too)."""
+    from export.onnx_export import export_checkpoint
+
+    cfg = tiny_config(tmp_path, "roll-nade-lstm",
+                      seeds="[1, {seed = 1, model = {dec_hidden = 24}}]")
+    ck = T.train(cfg, progress=False)
+    wide = torch.load(tmp_path / "run" / "seed1-dec_hidden24" / "best.pt", weights_only=True)
+    assert wide["model_args"]["dec_hidden"] == 24
+    assert [m["dec_hidden"] for m in ck["model_args"]["members"]] == [
+        torch.load(tmp_path / "run" / "seed1" / "best.pt",
+                   weights_only=True)["model_args"]["dec_hidden"], 24]
+    full = export_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "ens.onnx")
+    half = export_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "ens16.onnx",
+                             float16=True)
+    assert half["metadata"]["weights"] == "float16"
+    assert half["bytes"] < 0.8 * full["bytes"]  # the graph itself stays (a tiny model)
+
+
 def test_seeds_need_a_family_that_ensembles(tmp_path):
     cfg = tiny_config(tmp_path, "lstm", seeds="[1, 2]")
     with pytest.raises(ConfigError, match=r"\[train\] seeds needs a family that ensembles"):
         T.load_config(cfg)
     cfg = tiny_config(tmp_path, "roll-nade-lstm", seeds="[1, 1]")
     with pytest.raises(ConfigError, match=r"\[train\] seeds must be a list"):
+        T.load_config(cfg)
+    cfg = tiny_config(tmp_path, "roll-nade-lstm", seeds="[1, {seed = 1, model = {}}]")
+    with pytest.raises(ConfigError, match=r"\[train\] seeds must be a list"):
+        T.load_config(cfg)  # the same member twice
+    cfg = tiny_config(tmp_path, "roll-nade-lstm", seeds="[1, {seed = 1, model = {hiden = 8}}]")
+    with pytest.raises(ConfigError, match=r"may only change keys that \[model\] sets"):
         T.load_config(cfg)
