@@ -122,6 +122,9 @@ def resolve(name_or_path: str | None) -> Path:
     name = name_or_path or DEFAULT_PRESET
     p = Path(name)
     if p.suffix == ".toml" or p.exists():
+        if p.is_dir():
+            raise PresetError(f"{p}: is a folder; expected a preset .toml file or a name "
+                              f"from {presets_dir()}")
         if not p.is_file():
             raise PresetError(f"{p}: no such preset file")
         return p
