@@ -293,6 +293,13 @@ def _controls(c: _Checker, s) -> Controls:
             or not 0 < rng[0] <= rng[1]):
         c.fail(f"{w} temperature_range", f"must be [low, high] with 0 < low <= high "
                                          f"(received {rng!r})")
+    ccs = {k: c.value(s, k, w, int, getattr(d, k), lo=0, hi=127)
+           for k in ("temperature_cc", "panic_cc", "mode_cc", "trigger_cc")}
+    used = [(k, v) for k, v in ccs.items() if v]  # 0 = off
+    for i, (k, v) in enumerate(used):
+        clash = next((k2 for k2, v2 in used[i + 1:] if v2 == v), None)
+        if clash:
+            c.fail(f"{w} {k}", f"and {clash} are both CC {v}; one controller can do one thing")
     return Controls(
         temperature_cc=c.value(s, "temperature_cc", w, int, d.temperature_cc, lo=0, hi=127),
         temperature_range=(float(rng[0]), float(rng[1])),

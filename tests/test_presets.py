@@ -39,6 +39,7 @@ def test_minimal_preset_gets_defaults(tmp_path):
     ("[timing]\nstart_on = \"now\"", "[timing] start_on must be one of beat, bar"),
     ("colour = 3", "has unknown key 'colour'"),
     ("[controls]\ntemperature_range = [2, 1]", "temperature_range must be [low, high]"),
+    ("[controls]\npanic_cc = 1", "temperature_cc and panic_cc are both CC 1"),
 ])
 def test_bad_values_are_named(tmp_path, extra, fragment):
     path = write(tmp_path, BASE + "\n" + extra + "\n")
