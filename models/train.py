@@ -321,9 +321,14 @@ def train(
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     try:
-        if tr["seeds"]:
-            return _ensemble(cfg, config_path, resume, dev, rank, world, progress and rank == 0)
-        return _run(cfg, config_path, resume, dev, rank, world, progress and rank == 0)
+        run = _ensemble if tr["seeds"] else _run
+        result = run(cfg, config_path, resume, dev, rank, world, progress and rank == 0)
+        if world > 1:
+            # every rank done (rank 0 writes best.pt alone) before any tears down: a gloo
+            # rank whose peer was still busy died at teardown with SIGABRT ("terminate
+            # called without an active exception"), seen once in a clean-clone run
+            dist.barrier()
+        return result
     finally:
         if world > 1:
             dist.destroy_process_group()
