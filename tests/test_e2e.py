@@ -166,11 +166,17 @@ def off_grid_ns(t: int, beat_at, time_at, grid: float) -> int:
 
 def assert_on_grid(errors: list[tuple[float, int]], what: str) -> None:
     """(beat, |arrival - grid line| ns) of scheduled note-ons: all within TOL, except that a
-    loaded machine may hold up a JACK cycle (with -S a late client delays the graph rather
-    than losing MIDI), so 1 in 20 may arrive up to 4 x TOL late. How close to the grid the
-    notes land is `companion bench`'s measurement, not a pass/fail here."""
+    shared machine may stall a process or a JACK cycle now and then (with -S a late client
+    delays the graph rather than losing MIDI; a clean-clone run on an idle VM once saw every
+    voice of one grid line 40 ms late), so one grid line in 20, and at least one, may arrive
+    up to 4 x TOL late (a stall delays every voice due then, so lines are counted, not
+    notes). How close to the grid the notes land is `companion bench`'s measurement, not a
+    pass/fail here."""
     off = [(round(b, 3), round(e / MS, 1)) for b, e in errors if e > TOL]
-    assert len(off) <= len(errors) // 20 and all(e <= 4 * TOL / MS for _, e in off), (
+    lines = {round(b, 2) for b, _ in errors}
+    late_lines = {round(b, 2) for b, _ in off}
+    assert (len(late_lines) <= max(1, len(lines) // 20)
+            and all(e <= 4 * TOL / MS for _, e in off)), (
         f"{what}: note-ons off the grid (beat, ms): {off} of {len(errors)}")
 
 
