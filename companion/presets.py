@@ -301,11 +301,8 @@ def _controls(c: _Checker, s) -> Controls:
         if clash:
             c.fail(f"{w} {k}", f"and {clash} are both CC {v}; one controller can do one thing")
     return Controls(
-        temperature_cc=c.value(s, "temperature_cc", w, int, d.temperature_cc, lo=0, hi=127),
+        **ccs,
         temperature_range=(float(rng[0]), float(rng[1])),
-        panic_cc=c.value(s, "panic_cc", w, int, d.panic_cc, lo=0, hi=127),
-        mode_cc=c.value(s, "mode_cc", w, int, d.mode_cc, lo=0, hi=127),
-        trigger_cc=c.value(s, "trigger_cc", w, int, d.trigger_cc, lo=0, hi=127),
         sustain_release_ends_phrase=c.value(s, "sustain_release_ends_phrase", w, bool,
                                             d.sustain_release_ends_phrase),
         program_change=c.value(s, "program_change", w, bool, d.program_change),

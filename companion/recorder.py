@@ -66,8 +66,8 @@ class Recorder:
     """Collects (beat, source, raw message); writes one track per (source, channel)."""
 
     def __init__(self, path: str | os.PathLike, bpm: float, names: dict[int, str] | None = None,
-                 flag: str = "--record", warn=sys.stderr):
-        self.path = check_output(path, flag)
+                 warn=sys.stderr):
+        self.path = check_output(path, "--record")
         self.bpm = bpm
         self.names = names or {}  # output channel (0-based) -> track name
         self._pending: list[tuple[float, str, tuple[int, ...]]] = []  # not encoded yet

@@ -449,8 +449,7 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
             )
         return ck
 
-    def save(ck: dict, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save(ck: dict, path: Path) -> None:  # into `out`, made before training
         tmp = path.with_suffix(".tmp")
         torch.save(ck, tmp)
         os.replace(tmp, path)
@@ -636,8 +635,7 @@ def _ensemble(cfg, config_path, resume, dev, rank, world, progress) -> dict:
         "train": {"step": sum(m["train"]["step"] for m in members), "seconds": round(seconds, 1),
                   "members": len(members), "world_size": world, "device": dev.type},
     }
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "best.tmp"
+    tmp = out / "best.tmp"  # `out` holds the members' folders: it exists
     torch.save(ck, tmp)
     os.replace(tmp, out / "best.pt")
     if progress:
