@@ -1,11 +1,10 @@
 """The four polyphonic benchmarks (Boulanger-Lewandowski et al. 2012) and JSB SATB, with
 their published train/valid/test splits intact.
 
-The data lives in ``shared/data/benchmarks`` (its README gives sources, grids and the
-metric). ``$MIDI_COMPANION_DATA`` names the data folder (holding ``benchmarks/``) or the
-benchmarks folder itself; without it the folder is searched for upward from this package
-and from the working directory, as ``shared/data/benchmarks`` or
-``../shared/data/benchmarks``.
+The data ships inside the package, xz-compressed, in ``companion/data/benchmarks`` (its
+README gives sources, grids and the metric). ``$MIDI_COMPANION_DATA`` overrides it: the
+data folder (holding ``benchmarks/``) or the benchmarks folder itself, with the same files
+as plain ``.json`` or ``.json.xz``.
 
 Rolls are uint8 arrays [T, 88], key index = MIDI pitch - 21, read-only because they are
 cached per process (copy before changing one in place).
@@ -14,6 +13,7 @@ cached per process (copy before changing one in place).
 from __future__ import annotations
 
 import json
+import lzma
 import os
 from functools import cache
 from itertools import chain
@@ -57,22 +57,25 @@ def data_dir() -> Path:
     if env:
         root = Path(env).expanduser()
         for folder in (root / "benchmarks", root):
-            if (folder / FILES["jsb"]).is_file():
+            if _data_file(folder / FILES["jsb"]) is not None:
                 return folder
-        raise DataError(f"{ENV}={env}: holds neither benchmarks/{FILES['jsb']} nor {FILES['jsb']}")
-    starts = (Path(__file__).resolve().parent, Path.cwd().resolve())
-    for start in starts:
-        for folder in (start, *start.parents):
-            for found in (
-                folder / "shared/data/benchmarks",
-                folder.parent / "shared/data/benchmarks",
-            ):
-                if found.is_dir():
-                    return found
-    raise DataError(
-        f"benchmark data not found: no shared/data/benchmarks or ../shared/data/benchmarks in "
-        f"{starts[0]}, {starts[1]} or any folder above them; set {ENV} to the data folder"
-    )
+        raise DataError(f"{ENV}={env}: holds neither benchmarks/{FILES['jsb']} nor "
+                        f"{FILES['jsb']} (plain or .xz)")
+    if _data_file(SHIPPED / FILES["jsb"]) is None:
+        raise DataError(f"benchmark data not found in {SHIPPED} (an incomplete install?); "
+                        f"set {ENV} to a folder holding it")
+    return SHIPPED
+
+
+SHIPPED = Path(__file__).resolve().parent / "data" / "benchmarks"
+
+
+def _data_file(path: Path) -> Path | None:
+    """`path` or its .xz twin, whichever exists."""
+    for p in (path, path.with_name(path.name + ".xz")):
+        if p.is_file():
+            return p
+    return None
 
 
 def representation(name: str) -> PianoRoll:
@@ -139,12 +142,15 @@ def _load_satb(folder: str) -> dict[str, tuple[np.ndarray, ...]]:
 
 def _read_splits(path: Path, name: str) -> dict[str, list]:
     """The JSON of a benchmark file, checked to hold the published splits."""
+    found = _data_file(path)
+    if found is None:
+        raise DataError(f"{path}: no such file (nor {path.name}.xz)")
+    path = found
     try:
-        with open(path, encoding="utf-8") as f:
+        opener = lzma.open if path.suffix == ".xz" else open
+        with opener(path, "rt", encoding="utf-8") as f:
             data = json.load(f)
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: no such file") from err
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, lzma.LZMAError) as err:
         raise DataError(f"{path}: not readable JSON ({err})") from err
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected an object with keys {list(SPLITS)}")

@@ -84,6 +84,7 @@ SEED = _ranged(int, 0, 2**63 - 1, "a whole number >= 0")
 BARS = _ranged(int, 1, 64, "a whole number of bars from 1 to 64")
 BPM = _ranged(float, 20.0, 300.0, "a tempo from 20 to 300 bpm")
 POSITIVE = _ranged(int, 1, 2**31 - 1, "a whole number >= 1")
+BEAT = _ranged(float, 0.0, 1e6, "a beat number >= 0")
 
 
 # ---- subcommands -------------------------------------------------------------------------
@@ -151,6 +152,35 @@ def _demo_args(p):
     p.add_argument("--seed", type=SEED, default=0)
 
 
+@command("render", "companion.render:main",
+         "Draw a MIDI file as a piano roll picture (PNG): a colour per track, beats and bars "
+         "marked, the prompt paler than the answer with --split.")
+def _render_args(p):
+    p.add_argument("input", metavar="FILE.mid")
+    p.add_argument("-o", "--output", metavar="FILE.png", required=True)
+    p.add_argument("--from", dest="start", type=BEAT, metavar="BEAT",
+                   help="first beat drawn (default: 0)")
+    p.add_argument("--to", dest="end", type=BEAT, metavar="BEAT",
+                   help="last beat drawn (default: where the last note ends)")
+    p.add_argument("--split", type=BEAT, metavar="BEAT",
+                   help="mark the prompt/answer boundary at BEAT: notes starting before it "
+                        "are drawn paler")
+
+
+@command("report", "companion.quality:main",
+         "Measure what the presets play (beat, key, range, voice leading, Yang & Lerch) on "
+         "their models' held-out prompts, against real music and a Markov floor; write "
+         "docs/QUALITY.md (needs the training extra: music21).")
+def _report_args(p):
+    p.add_argument("presets", nargs="*", default=["folk", "piano", "chorale"],
+                   help="presets to measure (default: folk piano chorale)")
+    p.add_argument("-o", "--output", metavar="QUALITY.md", default="docs/QUALITY.md")
+    p.add_argument("--pieces", type=POSITIVE, default=40,
+                   help="held-out pieces per preset (default 40)")
+    p.add_argument("--seeds", type=POSITIVE, default=3, help="seeds per piece (default 3)")
+    p.add_argument("--json", metavar="FILE.json", help="also write every number as JSON")
+
+
 @command("eval", "companion.evaluate:main",
          "A model's likelihood from its ONNX file: benchmark NLL per frame, or NLL per token "
          "on its own held-out split.")
@@ -160,7 +190,7 @@ def _eval_args(p):
     what.add_argument("--benchmark", choices=["jsb", "nottingham", "musedata", "piano-midi"],
                       help="test NLL per frame (nats) on a polyphonic benchmark")
     what.add_argument("--split", choices=["valid", "test"],
-                      help="NLL per token (nats) on the model's own held-out split")
+                      help="NLL per token, note or step (nats) on the model's own held-out split")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--batch", type=POSITIVE, default=64, help="pieces rolled out side by side")
     p.add_argument("--threads", type=POSITIVE, default=1, help="onnxruntime intra-op threads")

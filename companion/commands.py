@@ -39,7 +39,7 @@ def presets_cmd(args) -> int:
 
 
 def _offline(args, mode: str, bars=None) -> int:
-    from companion.offline import perform
+    from companion.offline import input_parts, perform
     from companion.outfiles import check_output
     from companion.score import Score
 
@@ -51,11 +51,11 @@ def _offline(args, mode: str, bars=None) -> int:
     score = Score.from_midi(args.input)
     if not score.notes:
         raise PresetError(f"{args.input}: has no notes to {mode}")
-    result = perform(preset, score, seed=args.seed, bars=bars)
+    result = perform(preset, score, seed=args.seed, bars=bars, source=str(args.input))
     result.to_midi(args.output)
-    generated = sum(len(t.notes) for t in result.tracks[1:])
-    print(f"wrote {Path(args.output)}: {len(score.notes)} input notes, {generated} generated "
-          f"on {len(result.tracks) - 1} track(s)")
+    generated = result.tracks[len(input_parts(score)):]  # the input's parts come first
+    print(f"wrote {Path(args.output)}: {len(score.notes)} input notes, "
+          f"{sum(len(t.notes) for t in generated)} generated on {len(generated)} track(s)")
     return 0
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from companion.clock import InternalClock
+from companion.errors import CompanionError
 from companion.performer import Performer
 from companion.presets import Preset
 from companion.scheduler import Scheduler
-from companion.score import Note, Score, Track
+from companion.score import DRUM_CHANNEL, Note, Score, Track
 
 TICK_NS = 5_000_000  # the live loop ticks at least this often; so does the virtual one
 NEVER = 1e9  # silence_beats while the file plays: the file's end is the phrase end
@@ -28,10 +29,12 @@ class VirtualTime:
 
 
 def perform(preset: Preset, score: Score, *, seed: int = 0, bars: int | None = None,
-            use_gpu: bool = False) -> Score:
+            use_gpu: bool = False, source: str = "the input") -> Score:
     """Play `score` (all tracks as the player's part) into `preset`; return the player's
-    parts as they came (a channel a generated part takes moves to a free one) plus one track
-    per generated part."""
+    parts as they came (`input_parts`, each on a channel of its own: see `place_parts`),
+    then one track per generated part, on the preset's channels. CompanionError naming
+    `source` (the input file) when the parts and the preset need more than 16 channels."""
+    parts = place_parts(input_parts(score), [c - 1 for c in preset.channels], source)
     if bars is not None:
         preset = replace(preset, timing=replace(preset.timing, bars=bars))
     if preset.mode == "continue":
@@ -59,7 +62,7 @@ def perform(preset: Preset, score: Score, *, seed: int = 0, bars: int | None = N
             break
         now.ns = next_time(now.ns, scheduler, inputs[i][0] if i < len(inputs) else None)
     scheduler.stop()
-    return _result(score, preset, performer, clock, sent)
+    return _result(score, parts, performer, clock, sent)
 
 
 def next_time(now_ns: int, scheduler, next_input: int | None) -> int:
@@ -82,22 +85,58 @@ def _input_messages(score: Score, clock) -> list[tuple[int, tuple[int, ...]]]:
     return [(t, m) for t, _, m in msgs]
 
 
-def _result(score, preset, performer, clock, sent) -> Score:
+def input_parts(score: Score) -> list[Track]:
+    """The player's parts as `perform` returns them first: copies of the tracks with notes,
+    in order (so the generated tracks of a result are `result.tracks[len(input_parts(score)):]`)."""
+    return [replace(t, notes=list(t.notes)) for t in score.tracks if t.notes]
+
+
+def place_parts(parts: list[Track], generated: list[int], source: str) -> list[Track]:
+    """Give every part its own channel beside the generated tracks' `generated` (0-based).
+
+    A part keeps its channel unless a generated track or an earlier part has it; then it
+    moves to the lowest channel nobody uses (neither the generated tracks nor any part as it
+    came), never to 10 (index 9, drums). Drum parts stay on 10, where several drum parts
+    may sound together as one kit; one moves there from elsewhere when its channel is taken.
+    CompanionError naming `source` when no channel is left."""
+    generated_set = set(generated)
+    used = generated_set | {t.channel for t in parts if t.channel is not None}
+    taken = set(generated_set)
+    kit = False  # an input drum part is on 10
+    for t in parts:
+        ch = t.channel
+        if t.is_drum and (ch is None or ch in taken) and not (ch == DRUM_CHANNEL and kit):
+            ch = DRUM_CHANNEL
+        if t.is_drum and ch == DRUM_CHANNEL:
+            if DRUM_CHANNEL in generated_set:
+                raise CompanionError(
+                    f"{source}: its drum part {t.name!r} needs MIDI channel 10, which the "
+                    f"preset plays on (expected a preset that leaves channel 10 free)")
+            kit = True
+        elif ch is None or ch in taken:
+            free = [c for c in range(16) if c != DRUM_CHANNEL and c not in used]
+            if not free:
+                n_melodic = sum(1 for p in parts if not p.is_drum)
+                raise CompanionError(
+                    f"{source}: has {len(parts)} parts ({n_melodic} not drums), and beside "
+                    f"the preset's {len(generated_set)} channel(s) no MIDI channel is left for "
+                    f"part {t.name!r} (expected at most "
+                    f"{15 - len(generated_set - {DRUM_CHANNEL})} parts that are not drums: "
+                    f"16 channels, 10 for drums)")
+            ch = free[0]
+        used.add(ch)
+        taken.add(ch)
+        t.channel = ch
+    return parts
+
+
+def _result(score, parts, performer, clock, sent) -> Score:
     outs = getattr(performer, "outputs", [performer.output])
     tracks_by_ch = {}
     for out in outs:
         for t in out.tracks:
             tracks_by_ch[t.channel - 1] = Track(name=t.name, program=t.program,
                                                 channel=t.channel - 1)
-    # the player's parts as they came (name, program, drums, channel); one whose channel a
-    # generated part takes moves to the lowest free one, so no two parts share a channel
-    played = [replace(t, notes=list(t.notes)) for t in score.tracks if t.notes]
-    taken = set(tracks_by_ch)
-    for t in played:
-        if t.channel is None or t.channel in tracks_by_ch:
-            free = [c for c in range(16) if c not in taken and (c == 9) == t.is_drum]
-            t.channel = free[0] if free else None
-        taken.add(t.channel)
     open_: dict[tuple[int, int], tuple[float, int]] = {}
     for t_ns, msg in sent:
         kind, ch = msg[0] & 0xF0, msg[0] & 0x0F
@@ -113,5 +152,5 @@ def _result(score, preset, performer, clock, sent) -> Score:
     if open_:  # the scheduler's stop() released everything: this would be a ledger bug
         raise RuntimeError(f"notes left open after the performance: {sorted(open_)}")
     generated = [tracks_by_ch[ch] for ch in sorted(tracks_by_ch)]
-    return Score(tracks=played + generated, tempos=list(score.tempos),
+    return Score(tracks=parts + generated, tempos=list(score.tempos),
                  time_signatures=list(score.time_signatures))

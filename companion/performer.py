@@ -115,6 +115,8 @@ class Performer:
         elif cc == c.temperature_cc and cc:
             lo, hi = c.temperature_range
             self.set_temperature(lo + (hi - lo) * value / 127.0)
+        elif cc == c.scale_lock_cc and cc:
+            self.mode.set_scale_lock(value >= 64)
         elif cc == c.trigger_cc and cc and value >= 64:
             self._end_phrase(beat)
         elif cc == SUSTAIN_CC:

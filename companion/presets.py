@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from companion.errors import PresetError
+from companion.rules import default_range
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,12 +31,15 @@ DEFAULT_PRESET = "chorale"
 
 @dataclass
 class TrackOut:
-    """One generated part: its name, MIDI channel (1..16), GM program (0..127), velocity scale."""
+    """One generated part: its name, MIDI channel (1..16), GM program (0..127), velocity
+    scale, and the range [low, high] of pitches it may play (default: by voice name from
+    Bach's chorales, else by General MIDI program; companion.rules)."""
 
     name: str
     channel: int
     program: int = 0
     velocity_scale: float = 1.0
+    range: tuple[int, int] = (0, 127)
 
 
 @dataclass
@@ -52,9 +56,14 @@ class Timing:
 
 @dataclass
 class SamplingCfg:
+    """temperature, top_k, top_p: how tokens are drawn. key_strength: nats against a note
+    outside the key of what the player played (0 = off); scale_lock: never such a note."""
+
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 0.95
+    key_strength: float = 2.0
+    scale_lock: bool = False
 
 
 @dataclass
@@ -63,6 +72,7 @@ class Controls:
     temperature_range: tuple[float, float] = (0.5, 1.5)
     panic_cc: int = 123
     mode_cc: int = 0  # 0 = off
+    scale_lock_cc: int = 0  # 0 = off; a CC >= 64 locks answers to the key, < 64 unlocks
     trigger_cc: int = 0  # 0 = off; a CC >= 64 ends the phrase now
     sustain_release_ends_phrase: bool = True
     program_change: bool = True
@@ -239,14 +249,23 @@ def _tracks(c: _Checker, items, where: str) -> list[TrackOut]:
     out = []
     for i, t in enumerate(items):
         w = f"[[{where}]] #{i + 1}"
-        c.table(t, w, {"name", "channel", "program", "velocity_scale"})
+        c.table(t, w, {"name", "channel", "program", "velocity_scale", "range"})
         if "channel" not in t:
             c.fail(w, "channel is required (1..16)")
+        name = c.value(t, "name", w, str, f"track {i + 1}")
+        program = c.value(t, "program", w, int, 0, lo=0, hi=127)
+        rng = t.get("range", list(default_range(name, program)))
+        if (not isinstance(rng, list) or len(rng) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in rng)
+                or not 0 <= rng[0] <= rng[1] <= 127):
+            c.fail(f"{w} range", f"must be [low, high] MIDI pitches with 0 <= low <= high "
+                                 f"<= 127 (received {rng!r})")
         out.append(TrackOut(
-            name=c.value(t, "name", w, str, f"track {i + 1}"),
+            name=name,
             channel=c.value(t, "channel", w, int, 1, lo=1, hi=16),
-            program=c.value(t, "program", w, int, 0, lo=0, hi=127),
+            program=program,
             velocity_scale=c.value(t, "velocity_scale", w, float, 1.0, lo=0, lo_open=True, hi=4),
+            range=(rng[0], rng[1]),
         ))
     channels = [t.channel for t in out]
     if len(set(channels)) != len(channels):
@@ -280,6 +299,8 @@ def _sampling(c: _Checker, s) -> SamplingCfg:
                             hi=5),
         top_k=c.value(s, "top_k", w, int, d.top_k, lo=0),
         top_p=c.value(s, "top_p", w, float, d.top_p, lo=0, lo_open=True, hi=1),
+        key_strength=c.value(s, "key_strength", w, float, d.key_strength, lo=0, hi=20),
+        scale_lock=c.value(s, "scale_lock", w, bool, d.scale_lock),
     )
 
 
@@ -294,7 +315,7 @@ def _controls(c: _Checker, s) -> Controls:
         c.fail(f"{w} temperature_range", f"must be [low, high] with 0 < low <= high "
                                          f"(received {rng!r})")
     ccs = {k: c.value(s, k, w, int, getattr(d, k), lo=0, hi=127)
-           for k in ("temperature_cc", "panic_cc", "mode_cc", "trigger_cc")}
+           for k in ("temperature_cc", "panic_cc", "mode_cc", "trigger_cc", "scale_lock_cc")}
     used = [(k, v) for k, v in ccs.items() if v]  # 0 = off
     for i, (k, v) in enumerate(used):
         clash = next((k2 for k2, v2 in used[i + 1:] if v2 == v), None)

@@ -32,14 +32,18 @@ def log_softmax(logits: np.ndarray, mask: np.ndarray | None = None) -> np.ndarra
 
 
 def sample(logits: np.ndarray, rng: np.random.Generator, params: Sampling,
-           mask: np.ndarray | None = None) -> int:
-    """Draw one index from 1-D `logits` under `params`, never one that `mask` forbids."""
+           mask: np.ndarray | None = None, bias: np.ndarray | None = None) -> int:
+    """Draw one index from 1-D `logits` under `params`, never one that `mask` forbids;
+    `bias` (nats, e.g. a key prior) is added after the temperature, so its strength does
+    not depend on it."""
     x = np.asarray(logits, dtype=np.float64).reshape(-1)
     if mask is not None:
         if not mask.any():
             raise ValueError("grammar mask forbids every token")
         x = np.where(mask, x, -np.inf)
     x = x / params.temperature
+    if bias is not None:
+        x = x + bias
     if 0 < params.top_k < x.size:
         kth = np.partition(x, -params.top_k)[-params.top_k]
         x = np.where(x >= kth, x, -np.inf)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from companion import rules
 from companion.engine import Engine
 from companion.errors import ModelError
 from companion.sampling import Sampling, sample, sample_bernoulli
@@ -59,10 +60,10 @@ class TokenVoice(Voice):
         out = self.engine.step({"token": np.array([[int(token)]], dtype=np.int64)})
         self.logits = out["logits"][0]
 
-    def next(self, rng, params, mask=None):
+    def next(self, rng, params, mask=None, bias=None):
         if self.logits is None:
             raise ModelError("a token model needs at least one token of context to continue")
-        tok = sample(self.logits, rng, params, mask)
+        tok = sample(self.logits, rng, params, mask, bias)
         self.feed(tok)
         return tok
 
@@ -183,12 +184,15 @@ class Accompanist(Voice):
 
     `step(lead, rng)` reads the lead's pitches for one step and samples the other rows. The
     ascending mask makes each row's set exact; a SATB row holds one voice, so after its key
-    only END is allowed.
+    only END is allowed. Each row keeps to its part's range, leans to the key of the lead
+    so far, and (one voice per row) moves without parallel fifths or octaves against the
+    voices above it and without crossing them (companion.rules).
     """
 
     protocol = "multitrack-step"
 
-    def __init__(self, engine, rep, sampling: Sampling):
+    def __init__(self, engine, rep, sampling: Sampling, ranges=None, key_strength: float = 0.0,
+                 scale_lock: bool = False):
         super().__init__(engine, rep)
         self.low = rep.params.low
         self.keys = rep.params.high - rep.params.low + 1
@@ -198,11 +202,24 @@ class Accompanist(Voice):
         self.grid = rep.params.grid
         self.velocity = rep.params.velocity
         self.sampling = sampling
+        self.pitches = np.arange(self.low, self.low + self.keys)
+        ranges = ranges or [(0, 127)] * (self.rows - 1)
+        self.in_range = [(self.pitches >= lo) & (self.pitches <= hi) for lo, hi in ranges]
+        self.key_strength = key_strength
+        self.scale_lock = scale_lock
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, step: int = 0) -> None:
+        """The zero state, for a performance whose first grid step is `step` (a model that
+        counts the beat in its `beat_pos` state learns where in the beat that step is)."""
         super().reset()
         self.logits = None
+        self.profile = np.zeros(12)  # the lead's pitch classes so far, one count per step
+        self.prev: list[int | None] = [None] * self.rows  # each voice's pitch a step ago
+        if "beat_pos" in self.engine.state:
+            per_beat = max(1, round(1 / self.grid))
+            self.engine.state["beat_pos"] = np.full((self.engine.batch, 1), step % per_beat,
+                                                    dtype=np.float32)
 
     def _step(self, token: int) -> None:
         self.logits = self.engine.step({"token": np.array([[token]], dtype=np.int64)})[
@@ -218,6 +235,11 @@ class Accompanist(Voice):
         for k in self._keys(lead):
             self._step(k)
         self._step(self.end)
+        top = max(lead) if lead else None
+        if top is not None:
+            self.profile = self.profile.copy()
+            for p in set(lead):
+                self.profile[p % 12] += 1
         if rows is not None:
             played = []
             for i, row in enumerate(rows):
@@ -228,13 +250,24 @@ class Accompanist(Voice):
                 played.append({k + self.low for k in keys})
                 if on_row is not None:
                     on_row(i, played[-1])
+            self._remember(top, played)
             return played
-        sampled = []
+        key = rules.key_from_profile(self.profile)[:2] if self.profile.any() else None
+        strength = np.inf if self.scale_lock else self.key_strength
+        kb = rules.key_bias(self.pitches, key, strength)
+        bias = np.append(np.where(np.isfinite(kb), kb, 0.0), 0.0)  # END: no bias
+        in_key = np.append(np.isfinite(kb), True)
+        sampled: list[set[int]] = []
         for i in range(self.rows - 1):
             row: set[int] = set()
             allowed = np.ones(self.keys + 1, dtype=bool)
+            fits = np.append(self.in_range[i], True) & in_key
+            if self.one_per_row:
+                fits &= self._voice_leading(i, top, sampled)
             while True:
-                tok = sample(self.logits[: self.keys + 1], rng, self.sampling, allowed)
+                mask = allowed & fits
+                tok = sample(self.logits[: self.keys + 1], rng, self.sampling,
+                             mask if mask.any() else allowed, bias)
                 if tok != self.end:
                     row.add(tok + self.low)
                 if self.one_per_row and on_row is not None:
@@ -249,7 +282,19 @@ class Accompanist(Voice):
             sampled.append(row)
             if on_row is not None and not self.one_per_row:
                 on_row(i, row)
+        self._remember(top, sampled)
         return sampled
+
+    def _voice_leading(self, i: int, top: int | None, sampled: list[set[int]]) -> np.ndarray:
+        """Keys (and END) row i may take given the voices above it at this step."""
+        now = [top] + [max(r) if r else None for r in sampled]  # soprano, rows above i
+        decided = list(zip(self.prev[: i + 1], now))
+        above = next((p for p in reversed(now) if p is not None), None)
+        ok = rules.voice_leading_mask(self.pitches, self.prev[i + 1], decided, above)
+        return np.append(ok, True)
+
+    def _remember(self, top: int | None, rows: list[set[int]]) -> None:
+        self.prev = [top] + [max(r) if r else None for r in rows]
 
     def _keys(self, pitches) -> list[int]:
         """Key indices of `pitches` in range, ascending (a SATB row keeps its highest, as the
@@ -258,10 +303,11 @@ class Accompanist(Voice):
         return keys[-1:] if self.one_per_row else keys
 
     def snapshot(self):
-        return self.engine.snapshot(), self.logits
+        return self.engine.snapshot(), self.logits, self.profile, list(self.prev)
 
     def restore(self, snap) -> None:
-        state, self.logits = snap
+        state, self.logits, self.profile, prev = snap
+        self.prev = list(prev)
         self.engine.restore(state)
 
     def warm_up(self, rng, steps: int = 4) -> None:
@@ -297,4 +343,6 @@ def accompanist_for(model, preset, use_gpu: bool = True) -> Accompanist:
                          f"({', '.join(model.representation.track_names()[1:])})")
     s = preset.sampling
     return Accompanist(Engine(model, use_gpu=use_gpu), model.representation,
-                       Sampling(s.temperature, s.top_k, s.top_p))
+                       Sampling(s.temperature, s.top_k, s.top_p),
+                       ranges=[t.range for t in preset.tracks], key_strength=s.key_strength,
+                       scale_lock=s.scale_lock)

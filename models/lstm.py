@@ -10,6 +10,14 @@ Families (all: embedding -> recurrent core -> linear head to the vocabulary):
   over the embeddings, an LSTM, and a time-distributed head. The step state holds the
   conv's last `kernel - 1` inputs besides the LSTM's h and c.
 
+Metrical position (`meter = true`, the default for `lstm` over a representation whose tokens
+carry time, e.g. `events`): each token's embedding gets a learned embedding of the position
+in the beat after it (grid steps since the last beat, 0..steps_per_beat - 1), so the model
+knows where the beat is. Training reads the position from the piece's start; the step graph
+counts it in a `time` state ([B, 1], grid steps mod steps_per_beat, float32) from the token
+table, so the protocol and its drivers are unchanged: the zero state is "on a beat", and a
+driver that starts elsewhere sets `time`.
+
 Every sequence starts from the zero state (zero-padded window and conv history), in
 training and in the step graph alike, so the step graph reproduces the full-sequence
 forward exactly. Loss: cross-entropy of each token given the tokens before it, in nats per
@@ -41,7 +49,9 @@ class TokenModel(nn.Module):
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         tokens, mask = batch["tokens"], batch["mask"]
-        logits = self(tokens[:, :-1])  # [B, T-1, V]
+        phase = batch.get("phase")
+        logits = (self(tokens[:, :-1]) if phase is None
+                  else self(tokens[:, :-1], phase[:, :-1]))  # [B, T-1, V]
         nll = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
         target = mask[:, 1:].flatten()
         return (nll * target).sum(), target.sum()
@@ -78,7 +88,8 @@ class LSTM(TokenModel):
     family = "lstm"
 
     def __init__(
-        self, vocab: int, embed: int = 128, hidden: int = 256, layers: int = 2, dropout: float = 0.1
+        self, vocab: int, embed: int = 128, hidden: int = 256, layers: int = 2,
+        dropout: float = 0.1, meter: bool = False, token_steps=None, steps_per_beat: int = 0,
     ):
         super().__init__()
         self.model_args = dict(embed=embed, hidden=hidden, layers=layers, dropout=dropout)
@@ -89,18 +100,40 @@ class LSTM(TokenModel):
             embed, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
         )
         self.head = nn.Linear(hidden, vocab)
+        self.beat = 0
+        self.model_args["meter"] = bool(meter)
+        if meter:
+            self.beat = int(steps_per_beat)
+            self.register_buffer("steps", torch.as_tensor(token_steps, dtype=torch.float32))
+            self.phase_emb = nn.Embedding(self.beat, embed)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        y, _ = self.lstm(self.drop(self.emb(tokens)))  # [B, T, H]
+    def phases(self, tokens: Tensor) -> Tensor:
+        """Position in the beat after each token of sequences that start on a beat."""
+        return (self.steps[tokens].cumsum(1) % self.beat).long()
+
+    def _embed(self, tokens: Tensor, phase: Tensor | None) -> Tensor:
+        x = self.emb(tokens)
+        if self.beat:
+            x = x + self.phase_emb(self.phases(tokens) if phase is None else phase)
+        return x
+
+    def forward(self, tokens: Tensor, phase: Tensor | None = None) -> Tensor:
+        y, _ = self.lstm(self.drop(self._embed(tokens, phase)))  # [B, T, H]
         return self.head(self.drop(y))  # [B, T, V]
 
-    def step(self, token: Tensor, h: Tensor, c: Tensor):
-        y, (h, c) = self.lstm(self.emb(token), (h, c))  # y [B, 1, H]
-        return self.head(y[:, -1]), h, c
+    def step(self, token: Tensor, h: Tensor, c: Tensor, *time: Tensor):
+        x = self.emb(token)
+        if self.beat:
+            t = time[0] + self.steps[token[:, 0]][:, None]  # [B, 1]
+            t = t - torch.floor(t / self.beat) * self.beat
+            x = x + self.phase_emb(t.long())
+        y, (h, c) = self.lstm(x, (h, c))  # y [B, 1, H]
+        return (self.head(y[:, -1]), h, c, t) if self.beat else (self.head(y[:, -1]), h, c)
 
     def state_spec(self) -> list[dict]:
         shape = [self.layers, "B", self.hidden]
-        return [{"name": "h", "shape": shape}, {"name": "c", "shape": shape}]
+        spec = [{"name": "h", "shape": shape}, {"name": "c", "shape": shape}]
+        return spec + ([{"name": "time", "shape": ["B", 1]}] if self.beat else [])
 
 
 class ConvLSTM(LSTM):
@@ -215,10 +248,28 @@ def build(family: str, rep, **model_args) -> TokenModel:
             f"{family} needs a token representation (received {rep.name!r}, which gives {rep.kind})"
         )
     cls = {"lstm": LSTM, "bilstm": BiLSTM, "conv-lstm": ConvLSTM}[family]
+    if family == "lstm" and model_args.pop("meter", True) and rep.token_steps() is not None:
+        model_args.update(meter=True, token_steps=rep.token_steps(),
+                          steps_per_beat=rep.steps_per_beat)
+    elif model_args.get("meter"):
+        raise ValueError(f"{family}: meter needs the lstm family over a representation whose "
+                         f"tokens carry time (received {family!r} over {rep.name!r})")
+    else:
+        model_args.pop("meter", None)
     return cls(rep.vocab_size, **model_args)
 
 
 def batches(
     pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator, train: bool
 ) -> Iterator[dict[str, Tensor]]:
-    return sequence_batches(pieces, cfg, rng, train, key="tokens")
+    """Windows of tokens; where the tokens carry time, each with its position in the beat
+    counted from the piece's start (a window's first token is rarely on the beat)."""
+    steps = rep.token_steps()
+    if steps is None:
+        yield from sequence_batches(pieces, cfg, rng, train, key="tokens")
+        return
+    beat = rep.steps_per_beat
+    paired = [np.stack([p, np.cumsum(steps[p]) % beat], axis=1) for p in pieces]
+    for b in sequence_batches(paired, cfg, rng, train, key="tokens"):
+        both = b.pop("tokens")
+        yield {"tokens": both[..., 0], "phase": both[..., 1], **b}

@@ -18,6 +18,12 @@ one hidden layer of that many channels), read out for the current row: voice
 leading (the alto's last pitch) and vertical intervals (a sixth below the soprano) are
 translation-equivariant, so every key shares them.
 
+Metrical position (`meter`, on by default): the within-step LSTM's input gets a learned
+embedding of the step's position in the beat (step index mod steps per beat, e.g. 4 on a
+16th grid), counted from the piece's start in training; the step graph counts it in a
+`beat_pos` state ([B, 1]: the position of the next step to begin; the zero state = on a
+beat), which a driver that starts off the beat sets.
+
 Step protocol (one ONNX graph, batch dynamic): input `token` [B, 1] int64; state `h`, `c`
 (step LSTM, [L, B, H]), `dh`, `dc` (within-step LSTM, [B, Hd]), `acc` (this step's rows so
 far, [B, K*P]), `prev` (the last complete step, [B, K*P]), `row` ([B, 1], the row the next
@@ -50,7 +56,8 @@ class MultitrackLSTM(nn.Module):
 
     def __init__(self, keys: int, tracks: int, hidden: int = 256, layers: int = 2,
                  dec_hidden: int = 192, dec_embed: int = 64, dropout: float = 0.3,
-                 local_kernel: int = 0, local_channels: int = 16, lead_weight: float = 0.0):
+                 local_kernel: int = 0, local_channels: int = 16, lead_weight: float = 0.0,
+                 meter: int = 0):
         super().__init__()
         if tracks < 2:
             raise ValueError(f"multitrack-lstm needs a lead and >= 1 other track "
@@ -58,7 +65,7 @@ class MultitrackLSTM(nn.Module):
         self.model_args = dict(keys=keys, tracks=tracks, hidden=hidden, layers=layers,
                                dec_hidden=dec_hidden, dec_embed=dec_embed, dropout=dropout,
                                local_kernel=local_kernel, local_channels=local_channels,
-                               lead_weight=lead_weight)
+                               lead_weight=lead_weight, meter=meter)
         self.P, self.K, self.H, self.L, self.Hd = keys, tracks, hidden, layers, dec_hidden
         self.lead_weight = lead_weight
         self.frame_lstm = nn.LSTM(tracks * keys, hidden, layers, batch_first=True,
@@ -71,6 +78,9 @@ class MultitrackLSTM(nn.Module):
         self.dec = nn.LSTMCell(dec_embed, dec_hidden)
         self.dec_head = nn.Linear(dec_hidden, keys + 1)
         self.ctx_head = nn.Linear(hidden, keys + 1)
+        self.beat = int(meter)  # steps per beat; 0 = no metrical input
+        if self.beat:
+            self.phase_embed = nn.Embedding(self.beat, dec_embed)
         self.local = None
         if local_kernel:
             if local_kernel % 2 == 0:
@@ -104,15 +114,18 @@ class MultitrackLSTM(nn.Module):
             logits = logits + F.pad(bias, (0, 1))
         return logits
 
-    def _decode(self, ctx: Tensor, prev: Tensor, inputs: Tensor) -> Tensor:
+    def _decode(self, ctx: Tensor, prev: Tensor, inputs: Tensor, phase: Tensor | None = None
+                ) -> Tensor:
         """Raw next-token logits [F, S, P+1] for F steps whose within-step LSTMs read
-        `inputs` [F, S] (BEGIN, then keys and ENDs), given contexts [F, H] and the previous
-        steps [F, K*P]."""
+        `inputs` [F, S] (BEGIN, then keys and ENDs), given contexts [F, H], the previous
+        steps [F, K*P] and each step's position in the beat [F]."""
         P, K = self.P, self.K
         Fn, S = inputs.shape
         row = (inputs == P).long().cumsum(1).clamp(max=K)  # row of the token after each input
         x = (self.drop(self.embed(inputs)) + self.ctx_in(ctx)[:, None]
              + self.row_embed(row))  # [F, S, E]
+        if self.beat:
+            x = x + self.phase_embed(phase)[:, None]
         h, c = self._init_dec(ctx)
         outs = []
         for s in range(S):
@@ -146,7 +159,8 @@ class MultitrackLSTM(nn.Module):
         inputs = seq[:, :-1].clamp(min=0)
         targets = seq[:, 1:]
         inputs = torch.where(seq[:, :-1] < 0, self.P, inputs)  # padding: its loss is ignored
-        logits = mask_logits(self._decode(ctx[valid], prevs[valid], inputs), inputs)
+        phase = batch["phase"][valid] % max(self.beat, 1)
+        logits = mask_logits(self._decode(ctx[valid], prevs[valid], inputs, phase), inputs)
         nll = F.cross_entropy(logits.reshape(-1, self.P + 1), targets.reshape(-1).clamp(min=0),
                               reduction="none").view(targets.shape)
         lead = (inputs == self.P).long().cumsum(1) == 0  # target still in the lead row
@@ -180,7 +194,8 @@ class MultitrackLSTM(nn.Module):
             inputs = torch.full((len(segs), width), P, dtype=torch.int64)
             for j, seg in enumerate(segs):
                 inputs[j, :len(seg)] = seg
-            logits = self._decode(ctx[0], prevs, inputs)
+            phase = torch.arange(len(segs)) % max(self.beat, 1)
+            logits = self._decode(ctx[0], prevs, inputs, phase)
             for j, (a, seg) in enumerate(zip(bounds[:-1], segs)):
                 out[b, a:a + len(seg)] = logits[j, :len(seg)]
         return out
@@ -194,7 +209,8 @@ class MultitrackLSTM(nn.Module):
                 {"name": "dc", "shape": ["B", self.Hd]},
                 {"name": "acc", "shape": ["B", KP]},
                 {"name": "prev", "shape": ["B", KP]},
-                {"name": "row", "shape": ["B", 1]}]
+                {"name": "row", "shape": ["B", 1]}] + (
+                    [{"name": "beat_pos", "shape": ["B", 1]}] if self.beat else [])
 
     def export_spec(self):
         from export.onnx_export import ExportSpec
@@ -240,10 +256,11 @@ class MultitrackStep(nn.Module):
         KP = m.K * m.P
         return (torch.zeros(m.L, batch, m.H), torch.zeros(m.L, batch, m.H),
                 torch.zeros(batch, m.Hd), torch.zeros(batch, m.Hd),
-                torch.zeros(batch, KP), torch.zeros(batch, KP), torch.zeros(batch, 1))
+                torch.zeros(batch, KP), torch.zeros(batch, KP),
+                torch.zeros(batch, 1)) + ((torch.zeros(batch, 1),) if m.beat else ())
 
     def forward(self, token: Tensor, h: Tensor, c: Tensor, dh: Tensor, dc: Tensor,
-                acc: Tensor, prev: Tensor, row: Tensor):
+                acc: Tensor, prev: Tensor, row: Tensor, *beat_pos: Tensor):
         m = self.m
         P, K = m.P, m.K
         tok = token[:, 0]
@@ -276,9 +293,17 @@ class MultitrackStep(nn.Module):
         dc_in = torch.where(begin, c0, dc)
         r = row_new[:, 0].long()
         xin = m.embed(tok) + m.ctx_in(ctx) + m.row_embed(r)
+        extra = ()
+        if m.beat:
+            nxt = beat_pos[0]  # position of the next step to begin
+            cur = torch.where(begin, nxt, nxt - 1)
+            cur = cur - torch.floor(cur / m.beat) * m.beat
+            nxt = torch.where(begin, nxt + 1, nxt)
+            extra = (nxt - torch.floor(nxt / m.beat) * m.beat,)
+            xin = xin + m.phase_embed(cur[:, 0].long())
         dh_new, dc_new = m.dec(xin, (dh_in, dc_in))
         logits = m._logits(dh_new, ctx, prev_new, acc_new, r)
-        return logits, h_new, c_new, dh_new, dc_new, acc_new, prev_new, row_new
+        return (logits, h_new, c_new, dh_new, dc_new, acc_new, prev_new, row_new) + extra
 
 
 # ---- family contract ---------------------------------------------------------------------
@@ -288,6 +313,8 @@ def build(family: str, rep, **model_args) -> MultitrackLSTM:
     K, P = rep.frame_shape
     model_args.setdefault("keys", P)
     model_args.setdefault("tracks", K)
+    meter = model_args.pop("meter", True)
+    model_args["meter"] = max(1, round(1 / rep.params.grid)) if meter else 0
     return MultitrackLSTM(**model_args)
 
 
@@ -300,8 +327,9 @@ def step_tokens(frame: np.ndarray, P: int) -> list[int]:
     return out
 
 
-def collate(rolls: list[np.ndarray]) -> dict[str, Tensor]:
-    """Pad rolls [T, K, P] into a batch; every step is scored."""
+def collate(rolls: list[np.ndarray], starts: list[int] | None = None) -> dict[str, Tensor]:
+    """Pad rolls [T, K, P] into a batch; every step is scored. `starts`: each roll's first
+    step's index in its piece (its metrical position), 0 by default."""
     B, T = len(rolls), max(len(r) for r in rolls)
     K, P = rolls[0].shape[1:]
     width = max(int(r.sum((1, 2)).max(initial=0)) for r in rolls) + K + 1
@@ -314,8 +342,10 @@ def collate(rolls: list[np.ndarray]) -> dict[str, Tensor]:
             toks = step_tokens(f, P)
             tokens[i, t, :len(toks)] = toks
         valid[i, :len(r)] = True
+    starts = starts or [0] * B
+    phase = torch.as_tensor(starts)[:, None] + torch.arange(T)[None]
     return {"frames": torch.from_numpy(frames), "tokens": torch.from_numpy(tokens),
-            "valid": torch.from_numpy(valid)}
+            "valid": torch.from_numpy(valid), "phase": phase}
 
 
 def shift_keys(roll: np.ndarray, shift: int) -> np.ndarray:
@@ -352,14 +382,17 @@ def batches(pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator,
         p = np.asarray(p)
         if seq_len and len(p) > seq_len:
             phase = int(rng.integers(0, seq_len))
-            windows.extend(p[max(s, 0):s + seq_len] for s in range(-phase, len(p), seq_len)
+            windows.extend((p[max(s, 0):s + seq_len], max(s, 0))
+                           for s in range(-phase, len(p), seq_len)
                            if len(p[max(s, 0):s + seq_len]))
         else:
-            windows.append(p)
-    rng.shuffle(windows)
+            windows.append((p, 0))
+    order = rng.permutation(len(windows))
+    windows = [windows[j] for j in order]
     for i in range(0, len(windows), bs):
-        group = []
-        for w in windows[i:i + bs]:
+        group, starts = [], []
+        for w, start in windows[i:i + bs]:
+            starts.append(start)
             if hi > lo:
                 keys = np.nonzero(w.any((0, 1)))[0]
                 if len(keys):
@@ -367,4 +400,4 @@ def batches(pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator,
                     s_hi = min(hi, w.shape[-1] - 1 - int(keys[-1]))
                     w = shift_keys(w, int(rng.integers(s_lo, s_hi + 1)))
             group.append(w)
-        yield collate(group)
+        yield collate(group, starts)

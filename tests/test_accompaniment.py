@@ -236,3 +236,24 @@ def test_a_model_that_does_not_fit_the_preset_is_one_line_exit_2(tmp_path, case)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert fragment in r.stderr and "onnx" in r.stderr, r.stderr
+
+
+def test_harmonize_holds_the_voices_when_the_lead_stops_exactly_on_a_grid_line():
+    """A lead note-off on a step's start takes back the step committed ahead while the note
+    still sounded: in the rest the voices hold (nothing is struck), and the model is told
+    the soprano rests, not that it still sounds."""
+    preset = _preset("chorale")
+    voices = _voices(preset)
+    struck_in_rests = 0
+    for seed in range(3):
+        stage = Stage(preset, seed=seed)
+        rests = []
+        for i, pitch in enumerate(SOPRANO):
+            stage.note(2.0 + 1.5 * i, pitch, 1.0)  # each note ends on a grid line ...
+            rests.append(2.0 + 1.5 * i + 1.0)  # ... and half a beat of rest follows
+        stage.play_until(2.0 + 1.5 * len(SOPRANO) + 2)
+        stage.finish()
+        assert _balanced(stage.sent)
+        for r in rests:
+            struck_in_rests += len(stage.ons(voices, stage.at(r), stage.at(r + 0.5)))
+    assert struck_in_rests == 0

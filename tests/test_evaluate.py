@@ -1,11 +1,13 @@
 """`companion eval`: the runtime's NLL from the ONNX file equals the torch model's loss, for
-the benchmark metric (nade-step and frame-step) and for a model's own held-out split
-(multitrack-step, token-step); bad input is one line and exit code 2."""
+the benchmark metric (nade-step and frame-step: every frame, the first from the model's
+initial state, and frames t >= 1 as a second figure) and for a model's own held-out split
+(multitrack-step, token-step, note-step); bad input is one line and exit code 2."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from models import multitrack_lstm as mt
 from models import roll_nade as rn
 
 torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class TorchStep:
@@ -51,44 +54,61 @@ def tiny_nade():
                        local_kernel=5).eval()
 
 
-def torch_nll(model, rolls) -> tuple[float, int]:
+def torch_nll(model, rolls, every_frame: bool = False) -> tuple[float, int]:
+    """The training loss (frames t >= 1) or, with every_frame, frame 0 scored too: the
+    model's context for it has read only the empty frame, as the step graph after END."""
+    batch = rn.collate([np.asarray(r) for r in rolls])
+    if every_frame:
+        batch["valid"][:, 0] = True
     with torch.no_grad():
-        nll, n = model.loss(rn.collate([np.asarray(r) for r in rolls]))
+        nll, n = model.loss(batch)
     return float(nll), int(n)
 
 
-def test_nade_stream_marks_frames_after_the_first():
+def test_nade_stream_gives_the_frame_of_each_next_token():
     roll = np.zeros((3, 88), np.uint8)
     roll[0, [3, 1]] = 1
     roll[2, 7] = 1
-    toks, scored = ev.nade_stream(roll)
+    toks, frame = ev.nade_stream(roll)
     assert toks.tolist() == [88, 1, 3, 88, 88, 7, 88]
     assert toks.tolist() == rn.stream_tokens(roll).tolist()
-    # after END(start), 1, 3 comes frame 0; after frame 0's END, frames 1 and 2
-    assert scored.tolist() == [False, False, False, True, True, True]
+    # after END(start): 1, 3 and END are frame 0; then frame 1's END; then frame 2's 7, END
+    assert frame.tolist() == [0, 0, 0, 1, 2, 2]
 
 
-def test_benchmark_metric_equals_the_torch_loss(bench_dir):
+def test_benchmark_metric_counts_every_frame(bench_dir):
+    """Every frame, the first from the model's initial state (the published protocol); the
+    figure over frames t >= 1 (the training loss) comes second."""
     model = tiny_nade()
     rolls = benchmarks.load("jsb")["test"][:8]
-    total, frames = ev.nll(TorchStep(model), rolls, batch=8)
+    got = ev.nll(TorchStep(model), rolls, batch=8)
+    want, n = torch_nll(model, rolls, every_frame=True)
+    assert got.units == n == sum(len(r) for r in rolls)
+    assert math.isclose(got.nll, want, rel_tol=1e-5)
     want, n = torch_nll(model, rolls)
-    assert frames == n == sum(len(r) - 1 for r in rolls)
-    assert math.isclose(total, want, rel_tol=1e-5)
+    assert got.units_after_first == n == sum(len(r) - 1 for r in rolls)
+    assert math.isclose(got.nll_after_first, want, rel_tol=1e-5)
+    assert got.nll > got.nll_after_first  # the first frames are in the sum too
 
 
 def test_frame_step_is_the_bernoulli_sum(bench_dir):
+    """frame-step: frame 0 after an all-zero frame fed from the zero state, then the rest."""
     from models import roll_lstm
 
     torch.manual_seed(0)
     model = roll_lstm.build("roll-lstm", benchmarks.representation("jsb"), embed=8, hidden=8,
                             layers=1, dropout=0.0).eval()
     rolls = benchmarks.load("jsb")["valid"][:12]
-    total, frames = ev.nll(TorchStep(model), rolls, batch=5)
+    got = ev.nll(TorchStep(model), rolls, batch=5)
     with torch.no_grad():
         nll, n = model.loss(data.collate([np.asarray(r) for r in rolls], "frames"))
-    assert frames == int(n)
-    assert math.isclose(total, float(nll), rel_tol=1e-5)
+        z0 = model(torch.zeros(1, 1, rolls[0].shape[1]))[0, 0]  # after the empty frame
+        first = sum(torch.nn.functional.binary_cross_entropy_with_logits(
+            z0, torch.tensor(np.array(r[0]), dtype=torch.float32), reduction="sum")
+            for r in rolls)
+    assert got.units_after_first == int(n) and got.units == int(n) + 12
+    assert math.isclose(got.nll_after_first, float(nll), rel_tol=1e-5)
+    assert math.isclose(got.nll, float(nll + first), rel_tol=1e-5)
 
 
 def test_multitrack_scores_the_accompaniment_given_the_lead():
@@ -98,11 +118,12 @@ def test_multitrack_scores_the_accompaniment_given_the_lead():
                      local_kernel=3).eval()
     rng = np.random.default_rng(0)
     rolls = [(rng.random((n, 4, rep.keys)) < 0.03).astype(np.uint8) for n in (9, 4, 6)]
-    total, frames = ev.nll(TorchStep(model), rolls, batch=2)
+    got = ev.nll(TorchStep(model), rolls, batch=2)
     with torch.no_grad():
         nll, n = model.loss(mt.collate(rolls))
-    assert frames == int(n) == 19
-    assert math.isclose(total, float(nll), rel_tol=1e-5)
+    assert got.units == int(n) == 19 and got.units_after_first == 19 - 3
+    assert math.isclose(got.nll, float(nll), rel_tol=1e-5)
+    assert got.nll_after_first < got.nll
 
 
 def test_token_models_score_every_token_after_the_first(bench_dir):
@@ -112,11 +133,11 @@ def test_token_models_score_every_token_after_the_first(bench_dir):
     rep = REGISTRY["events"]()
     model = lstm.build("lstm", rep, embed=8, hidden=8, layers=1, dropout=0.0).eval()
     pieces = data.encode(benchmarks.as_scores("jsb", "valid")[:3], rep)
-    total, tokens = ev.nll(TorchStep(model), pieces, batch=2)
+    got = ev.nll(TorchStep(model), pieces, batch=2)
     with torch.no_grad():
         nll, n = model.loss(data.collate(pieces, "tokens"))
-    assert tokens == int(n) == sum(len(p) - 1 for p in pieces)
-    assert math.isclose(total, float(nll), rel_tol=1e-5)
+    assert got.units == got.units_after_first == int(n) == sum(len(p) - 1 for p in pieces)
+    assert math.isclose(got.nll, float(nll), rel_tol=1e-5) and got.nll == got.nll_after_first
 
 
 def test_held_out_scores_follow_the_recorded_ids(bench_dir):
@@ -152,13 +173,19 @@ def exported(tmp_path_factory, bench_dir):
 def test_onnx_benchmark_and_split_equal_torch(exported):
     model, path = exported
     result = ev.evaluate_benchmark(path, "jsb", batch=40)
-    total, frames = torch_nll(model, benchmarks.load("jsb")["test"])
-    assert result["frames"] == frames == 4725 - 77  # frames t >= 1 of the 77 test pieces
-    assert math.isclose(result["nll_per_frame"], total / frames, rel_tol=1e-5)
+    test = benchmarks.load("jsb")["test"]
+    total, frames = torch_nll(model, test, every_frame=True)
+    assert result["frames"] == frames == 4725  # every frame of the 77 test pieces
+    assert math.isclose(result["nll"], total / frames, rel_tol=1e-5)
+    total, frames = torch_nll(model, test)
+    assert result["frames_after_first"] == frames == 4725 - 77
+    assert math.isclose(result["nll_after_first"], total / frames, rel_tol=1e-5)
     result = ev.evaluate_split(path, "test")
-    total, frames = torch_nll(model, [benchmarks.load("jsb")["test"][i] for i in (0, 4, 9)])
-    assert result["frames"] == frames
-    assert math.isclose(result["nll_per_frame"], total / frames, rel_tol=1e-5)
+    pieces = [test[i] for i in (0, 4, 9)]
+    for key, every in (("nll", True), ("nll_after_first", False)):
+        total, frames = torch_nll(model, pieces, every_frame=every)
+        assert result[key.replace("nll", "frames")] == frames
+        assert math.isclose(result[key], total / frames, rel_tol=1e-5)
 
 
 @pytest.mark.slow
@@ -166,8 +193,43 @@ def test_cli_json_and_errors(exported, capsys):
     _, path = exported
     assert cli.main(["eval", path, "--benchmark", "jsb", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) >= {"nll_per_frame", "frames", "set"} and out["set"] == "jsb/test"
+    assert set(out) >= {"nll", "nll_after_first", "frames", "frames_after_first", "unit", "set"}
+    assert out["set"] == "jsb/test" and out["unit"] == "frame"
+    assert (out["frames"], out["frames_after_first"]) == (4725, 4648)
+    assert cli.main(["eval", path, "--benchmark", "jsb"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line == (f"jsb/test: {out['nll']:.4f} nats per frame over 4725 frames (every frame, "
+                    f"each piece's first from the model's initial state); "
+                    f"{out['nll_after_first']:.4f} over the 4648 frames t >= 1")
     assert cli.main(["eval", path + ".missing", "--benchmark", "jsb"]) == 2
     assert "no such model file" in capsys.readouterr().err
     assert cli.main(["eval", path, "--split", "valid"]) == 2  # no valid ids recorded
     assert "valid" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def note_model(tmp_path_factory):
+    """models/configs/tiny-note-lstm.toml trained and exported (a note-step model)."""
+    from models.train import train
+
+    tmp = tmp_path_factory.mktemp("note")
+    text = (ROOT / "models/configs/tiny-note-lstm.toml").read_text()
+    config = tmp / "tiny-note-lstm.toml"  # its run goes to tmp/run, not runs/
+    config.write_text(text.replace("[train]\n", f'[train]\nout = "{tmp / "run"}"\n'))
+    train(config, progress=False)
+    export_checkpoint(tmp / "run" / "best.pt", tmp / "note.onnx", batch_sizes=(3,), steps=16)
+    return torch.load(tmp / "run" / "best.pt", weights_only=True), str(tmp / "note.onnx")
+
+
+@pytest.mark.slow
+def test_note_step_split_is_per_note_and_equals_the_training_test_nll(note_model, capsys):
+    ckpt, path = note_model
+    result = ev.evaluate_split(path, "test")
+    assert result["unit"] == "note" and ckpt["metrics"]["unit"] == "note"
+    assert result["notes"] == result["notes_after_first"] == ckpt["metrics"]["test_units"]
+    assert math.isclose(result["nll"], ckpt["metrics"]["test_nll"], rel_tol=1e-4)
+    assert result["nll"] == result["nll_after_first"]
+    assert cli.main(["eval", path, "--split", "test"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line == (f"{result['set']}: {result['nll']:.4f} nats per note over "
+                    f"{result['notes']} notes (each piece's first note is context only)")

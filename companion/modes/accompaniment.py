@@ -64,7 +64,7 @@ class Accompaniment:
         step = quantize(beat, self.grid)
         if self.next_step is None:
             self.next_step = step
-            self.acc.reset()
+            self.acc.reset(step)
         if not self.harmonize:
             return
         if step < self.next_step:
@@ -83,7 +83,7 @@ class Accompaniment:
         if self.harmonize and self.active:
             # a step committed ahead with this note in it, not sounding yet: generate it again
             entry = next((c for c in self.history
-                          if c.step * self.grid > beat and pitch in c.lead), None)
+                          if c.step * self.grid >= beat and pitch in c.lead), None)
             if entry is not None:
                 self._take_back(entry, entry.step * self.grid)
 
@@ -92,6 +92,9 @@ class Accompaniment:
 
     def set_temperature(self, t: float) -> None:
         self.acc.sampling.temperature = t
+
+    def set_scale_lock(self, on: bool) -> None:
+        self.acc.scale_lock = on
 
     # ---- time --------------------------------------------------------------------------
     def tick(self, now: float, horizon: float) -> None:
@@ -165,6 +168,10 @@ class Jam:
     def set_temperature(self, t: float) -> None:
         self.acc.set_temperature(t)
         self.solo.set_temperature(t)
+
+    def set_scale_lock(self, on: bool) -> None:
+        self.acc.set_scale_lock(on)
+        self.solo.set_scale_lock(on)
 
     def note_on(self, beat, pitch, velocity):
         if not self.acc.active:  # the player is back: the solo yields, accompaniment resumes

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from companion import rules
 from companion.representations.base import NoteEvent
 from companion.sampling import Sampling
 from companion.score import Note
@@ -20,11 +21,19 @@ CONTEXT_BARS = 8  # the phrase context the model sees; bounds priming time
 MAX_TOKENS_PER_TICK = 512  # a model that never advances time cannot stall the loop
 
 
+def answer_start(now: float, timing) -> float:
+    """Where an answer to a phrase that ended at `now` starts: the next beat or bar (preset
+    `start_on`), or `now` itself when the phrase ended right on one."""
+    unit = timing.beats_per_bar if timing.start_on == "bar" else 1.0
+    return math.ceil(now / unit - 1e-6) * unit
+
+
 class Response:
     """One answer being generated: decoder state, its place in time, notes left open."""
 
-    def __init__(self, voice, rep, start: float, end: float, shift: float, decoder, track: int):
-        self.voice, self.rep, self.decoder = voice, rep, decoder
+    def __init__(self, voice, rep, start: float, end: float, shift: float, decoder, track: int,
+                 rules=None):
+        self.voice, self.rep, self.decoder, self.rules = voice, rep, decoder, rules
         self.start, self.end, self.shift, self.track = start, end, shift, track
         self.open: set[int] = set()
         self.done = False
@@ -35,7 +44,10 @@ class Response:
         for _ in range(MAX_TOKENS_PER_TICK):
             if self.done or self.decoder.position + self.shift >= until:
                 break
-            tok = self.voice.next(rng, sampling, self.decoder.allowed())
+            if self.rules is None:
+                tok = self.voice.next(rng, sampling, self.decoder.allowed())
+            else:
+                tok = self.voice.next(rng, sampling, *self.rules.apply(self.decoder))
             for ev in self.decoder.feed(tok):
                 self._place(ev, out)
             if self.decoder.position + self.shift >= self.end:
@@ -74,6 +86,7 @@ class Continuation:
         self.track = track
         self.sampling = Sampling(preset.sampling.temperature, preset.sampling.top_k,
                                  preset.sampling.top_p)
+        self.scale_lock = preset.sampling.scale_lock
         self.phrase: list[Note] = []
         self.held: dict[int, tuple[float, int]] = {}
         self.last_input: float | None = None
@@ -106,6 +119,9 @@ class Continuation:
     def set_temperature(self, t: float) -> None:
         self.sampling.temperature = t
 
+    def set_scale_lock(self, on: bool) -> None:
+        self.scale_lock = on
+
     def interrupt(self, beat: float) -> None:
         self.output.cancel_after(beat)
         self.response = None
@@ -123,8 +139,7 @@ class Continuation:
                 self.response = None
 
     def respond(self, now: float) -> None:
-        unit = self.timing.beats_per_bar if self.timing.start_on == "bar" else 1.0
-        start = math.floor(now / unit + 1e-9) * unit + unit
+        start = answer_start(now, self.timing)
         bpb = self.timing.beats_per_bar
         first = max(n.onset for n in self.phrase) - CONTEXT_BARS * bpb
         notes = [n for n in self.phrase if n.onset >= first]
@@ -138,9 +153,21 @@ class Continuation:
         # Where the context's encoding cannot hold the silence up to the start, shift.
         shift = origin + max(0.0, (start - origin) - decoder.position)
         end = start + self.timing.bars * bpb
-        self.response = Response(self.voice, self.rep, start, end, shift, decoder, self.track)
+        self.response = Response(self.voice, self.rep, start, end, shift, decoder, self.track,
+                                 self._rules(notes))
         self.responses += 1
         self.phrase = []
+
+    def _rules(self, notes: list[Note]):
+        """The answer's range, key and grid (companion.rules); events representations only."""
+        if self.rep.name != "events":
+            return None
+        tracks = self.output.tracks
+        low, high = tracks[min(self.track, len(tracks) - 1)].range
+        key = rules.key_from_profile(rules.pitch_class_profile(notes))[:2]
+        return rules.EventsRules(self.rep, low, high, key, self.preset.sampling.key_strength,
+                                 self.scale_lock, rules.phrase_grid(notes,
+                                                                    self.rep.steps_per_beat))
 
     def _encode(self, notes: list[Note], origin: float, start: float) -> list:
         enc = self.rep.stream_encoder()

@@ -182,6 +182,14 @@ class Representation(ABC):
         events.extend(dec.flush())
         return events_to_score(events, self.track_names())
 
+    def token_steps(self) -> np.ndarray | None:
+        """Grid steps each token moves time forward (int64 [vocab_size]), for the models
+        that track metrical position inside their step graph; None when tokens do not
+        carry time this way. ``steps_per_beat`` is the grid's steps in one beat."""
+        return None
+
+    steps_per_beat: int = 0
+
     def track_names(self) -> list[str]:
         return ["lead"]
 

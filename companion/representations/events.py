@@ -137,6 +137,16 @@ class Events(Representation):
             return "TimeShift", token - self.shift_offset + 1
         return "Velocity", token - self.velocity_offset
 
+    @property
+    def steps_per_beat(self) -> int:
+        return self.params.resolution
+
+    def token_steps(self) -> np.ndarray:
+        """TimeShift_k moves time k steps; every other token none."""
+        steps = np.zeros(self.vocab_size, dtype=np.int64)
+        steps[self.shift_offset:self.velocity_offset] = np.arange(1, self.params.max_shift + 1)
+        return steps
+
     def velocity_bin(self, velocity: int) -> int:
         """Bin of a MIDI velocity: the nearest bin value (halves go up)."""
         return nearest(self.velocities, velocity)
