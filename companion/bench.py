@@ -40,8 +40,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from companion import presets
+from companion.engine import check_provider
 from companion.errors import CompanionError
-from companion.ports import CLIENT_NAME, VIRTUAL_INPUT, VIRTUAL_OUTPUT, close_client
+from companion.ports import (
+    CLIENT_NAME,
+    VIRTUAL_INPUT,
+    VIRTUAL_OUTPUT,
+    close_client,
+    jack_server_running,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -116,20 +123,7 @@ class JackServer:
 
 
 def _jack_reachable() -> bool:
-    import rtmidi
-
-    saved = os.dup(2)  # libjack prints a paragraph to stderr for each failed attempt
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            probe = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, "companion-bench-probe")
-    except rtmidi.SystemError:
-        return False
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-    probe.delete()
-    return True
+    return jack_server_running()
 
 
 # ---- the client side: a keyboard, a listener, the daemon as a user starts it ---------------
@@ -569,14 +563,14 @@ def _finish(daemon: DaemonProcess, keyboard: Keyboard, listener: Listener) -> di
         daemon.__exit__()
 
 
-def measure_harmonize(preset: Path, notes: int, bpm: float) -> dict:
+def measure_harmonize(preset: Path, notes: int, bpm: float, provider: str = "auto") -> dict:
     """Lead note-on sent -> first harmony note-on back. Each lead note falls 0.4 of a grid
     step after a grid line (still that step), so an answer is told apart from the step
     committed ahead for the grid line; an answer must come 10 ms before the next grid line."""
     p = presets.load(str(preset))
     voices = {t.channel - 1 for t in p.tracks}
     grid = p.timing.grid
-    daemon, keyboard, listener = _session(preset, "--bpm", bpm)
+    daemon, keyboard, listener = _session(preset, "--bpm", bpm, "--provider", provider)
     latencies, lead = [], melody(notes)
     try:
         b0 = math.floor(daemon.beat_at(time.perf_counter_ns() + 500 * MS)) + 1
@@ -601,13 +595,13 @@ def measure_harmonize(preset: Path, notes: int, bpm: float) -> dict:
             if status else None}
 
 
-def measure_continue_timing(preset: Path, cycles: int) -> dict:
+def measure_continue_timing(preset: Path, cycles: int, provider: str = "auto") -> dict:
     """Phrase, silence, the whole response, `cycles` times; |arrival - grid| of every note
     message of the responses (the model's grid on the daemon's beats)."""
     p = presets.load(str(preset))
     t = p.timing
     grid = model_grid(p.model)
-    daemon, keyboard, listener = _session(preset)
+    daemon, keyboard, listener = _session(preset, "--provider", provider)
     try:
         for c in range(cycles):
             b0 = math.floor(daemon.beat_at(time.perf_counter_ns() + 300 * MS)) + 1
@@ -633,7 +627,8 @@ def _dispatch(stopped: dict) -> dict:
     return {k: stopped[f"lateness_{k}_ms"] for k in ("p50", "p99", "max")}
 
 
-def measure_session(preset: Path, seconds: float, bpm: float, record: Path) -> dict:
+def measure_session(preset: Path, seconds: float, bpm: float, record: Path,
+                    provider: str = "auto") -> dict:
     """Continuous play, recorded to `record`: eighth notes of a random melody for `seconds`,
     accompanied on the 16th-note grid (harmonize off, so every accompaniment message is
     scheduled on a grid line). Late drops, |arrival - grid| of the accompaniment and the
@@ -641,7 +636,8 @@ def measure_session(preset: Path, seconds: float, bpm: float, record: Path) -> d
     p = presets.load(str(preset))
     voices = {t.channel - 1 for t in p.tracks}
     grid = p.timing.grid
-    daemon, keyboard, listener = _session(preset, "--bpm", bpm, "--record", record)
+    daemon, keyboard, listener = _session(preset, "--bpm", bpm, "--record", record,
+                                          "--provider", provider)
     try:
         b0 = math.floor(daemon.beat_at(time.perf_counter_ns() + 500 * MS)) + 1
         n = int(seconds * bpm / 60 * 2)
@@ -663,11 +659,11 @@ def measure_session(preset: Path, seconds: float, bpm: float, record: Path) -> d
             "dispatch_ms": _dispatch(stopped), "peak_rss_mb": rss}
 
 
-def measure_startup(preset: Path, runs: int) -> dict:
+def measure_startup(preset: Path, runs: int, provider: str = "auto") -> dict:
     """Process start -> the "preset" event (ports open, model warm), `runs` times."""
     seconds = []
     for _ in range(runs):
-        with DaemonProcess(preset) as daemon:
+        with DaemonProcess(preset, "--provider", provider) as daemon:
             t, _ = daemon.wait_event("preset", 120.0)
             seconds.append((t - daemon.started_ns) / 1e9)
             daemon.stop()
@@ -687,7 +683,7 @@ def _bpm_of(model: Path) -> float:
     return 120.0
 
 
-def measure_engine(path: Path, steps: int) -> dict:
+def measure_engine(path: Path, steps: int, provider: str = "auto") -> dict:
     """Per-step inference (onnxruntime, one thread, as the daemon runs it) while generating
     for real (sampling, grammar masks, decoding), the real-time factor of that generation,
     and torch eager on the very same step inputs when torch is importable."""
@@ -705,7 +701,7 @@ def measure_engine(path: Path, steps: int) -> dict:
     feeds: list[dict] = []
     bpm = _bpm_of(path)
     if model.protocol == Accompanist.protocol:
-        gen = Accompanist(Engine(model, use_gpu=False), model.representation, sampling)
+        gen = Accompanist(Engine(model, provider=provider), model.representation, sampling)
         gen.warm_up(rng)
         engine, lead = gen.engine, melody(steps)
         _record(engine, feeds, steps)
@@ -715,7 +711,7 @@ def measure_engine(path: Path, steps: int) -> dict:
             i += 1
         wall, beats = time.perf_counter_ns() - t0, i * gen.grid
     else:
-        voice = voice_for(model, use_gpu=False)
+        voice = voice_for(model, provider=provider)
         voice.warm_up(rng)
         engine, rep = voice.engine, model.representation
         decoder = rep.stream_decoder(0.0)
@@ -781,11 +777,13 @@ def run(args) -> dict:
     smoke = args.smoke
     zoo = Path(args.zoo) if args.zoo else presets.zoo_dir()
     only = set(args.only or SECTIONS)
+    provider = getattr(args, "provider", "auto")
+    check_provider(provider)  # --provider cuda without CUDA: before the JACK server starts
     playable = playable_presets(zoo)
     shipped = sorted(zoo.glob("*.onnx"))
     r: dict = {"mode": "smoke" if smoke else "full", "date": time.strftime("%Y-%m-%d %H:%M %Z"),
                "machine": machine(), "zoo": [m.name for m in shipped],
-               "presets": sorted(playable), "skipped": {}}
+               "presets": sorted(playable), "skipped": {}, "provider": provider}
     r["jack"] = {"driver": "dummy", "period": args.period, "rate": args.rate,
                  "period_ms": args.period / args.rate * 1000,
                  "mode": "asynchronous" if args.jack_async else "synchronous (-S)"}
@@ -802,7 +800,7 @@ def run(args) -> dict:
         if "harmonize" in only:
             if "chorale" in playable:
                 path = preset_copy("chorale", tmp / "chorale.toml", zoo=zoo)
-                r["harmonize"] = measure_harmonize(path, 100 if smoke else 500, 120)
+                r["harmonize"] = measure_harmonize(path, 100 if smoke else 500, 120, provider)
                 _log(f"harmonize: {_fmt(r['harmonize']['latency_ms'])}, answered "
                      f"{r['harmonize']['answered']}/{r['harmonize']['notes']}")
             else:
@@ -811,7 +809,7 @@ def run(args) -> dict:
             continuing = [n for n in ("folk", "piano") if n in playable]
             if continuing:
                 path = preset_copy(continuing[0], tmp / "continue.toml", zoo=zoo)
-                r["timing_continue"] = measure_continue_timing(path, 2 if smoke else 8)
+                r["timing_continue"] = measure_continue_timing(path, 2 if smoke else 8, provider)
                 _log(f"timing ({continuing[0]}): {_fmt(r['timing_continue']['error_ms'])}")
             else:
                 skip("timing", f"no folk or piano model in {zoo}")
@@ -820,7 +818,7 @@ def run(args) -> dict:
                 path = preset_copy("chorale", tmp / "session.toml", zoo=zoo, harmonize=False,
                                    timing={"bpm": 120, "grid": 0.25})
                 seconds = args.session_s or (30.0 if smoke else 600.0)
-                r["session"] = measure_session(path, seconds, 120, tmp / "session.mid")
+                r["session"] = measure_session(path, seconds, 120, tmp / "session.mid", provider)
                 s = r["session"]
                 _log(f"session {seconds:g} s: late dropped {s['late_dropped']}, timing "
                      f"{_fmt(s['error_ms'])}, peak RSS {s['peak_rss_mb']:.0f} MB")
@@ -830,14 +828,14 @@ def run(args) -> dict:
             r["startup"] = {}
             for name in sorted(playable):
                 path = preset_copy(name, tmp / f"{name}-startup.toml", zoo=zoo)
-                r["startup"][name] = measure_startup(path, 1 if smoke else 3)
+                r["startup"][name] = measure_startup(path, 1 if smoke else 3, provider)
                 _log(f"start-up {name}: {r['startup'][name]['runs']}")
             if not playable:
                 skip("startup", f"no shipped preset has its models in {zoo}")
     if "engine" in only:
         r["engine"] = []
         for model in shipped:
-            r["engine"].append(measure_engine(model, 300 if smoke else 2000))
+            r["engine"].append(measure_engine(model, 300 if smoke else 2000, provider))
             e = r["engine"][-1]
             _log(f"engine {model.stem}: ORT {_fmt(e['ort_ms'])}, torch "
                  f"{_fmt(e['torch_ms']) if e['torch_ms'] else 'n/a'}, "

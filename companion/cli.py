@@ -87,6 +87,15 @@ POSITIVE = _ranged(int, 1, 2**31 - 1, "a whole number >= 1")
 BEAT = _ranged(float, 0.0, 1e6, "a beat number >= 0")
 
 
+def _provider_arg(p) -> None:
+    """--provider, shared by run, eval and bench (companion.engine.open_session)."""
+    p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="onnxruntime execution provider. auto (default) runs on the CPU: "
+                        "these are small step graphs, ~0.1 ms a step there, less than a CUDA "
+                        "launch costs, and it says why CUDA is not used; cpu never tries "
+                        "CUDA; cuda runs on the GPU or stops with the reason it cannot")
+
+
 # ---- subcommands -------------------------------------------------------------------------
 
 
@@ -100,8 +109,10 @@ def _run_args(p):
     p.add_argument("--out", metavar="PORT",
                    help="connect to an existing output port (name substring) instead of "
                         "opening the virtual 'midi-companion out'")
-    p.add_argument("--backend", choices=["native", "jack"], default="native",
-                   help="MIDI system: the platform's (CoreMIDI, ALSA, WinMM) or JACK")
+    p.add_argument("--backend", choices=["auto", "native", "jack"], default="auto",
+                   help="MIDI system: the platform's (CoreMIDI, ALSA, WinMM) or JACK; auto "
+                        "(default) is the platform's, or JACK on Linux when no ALSA sequencer "
+                        "is there but a JACK server runs (the choice is printed)")
     p.add_argument("--clock", choices=["internal", "midi"], default="internal",
                    help="internal tempo, or follow the DAW's MIDI clock on the input port")
     p.add_argument("--bpm", type=BPM, help="internal tempo (default: the preset's)")
@@ -111,11 +122,13 @@ def _run_args(p):
     p.add_argument("--quiet", action="store_true", help="no status line")
     p.add_argument("--log-json", action="store_true",
                    help="one JSON line per event on stdout, for scripts")
+    _provider_arg(p)
 
 
 @command("ports", "companion.commands:ports", "List MIDI input and output ports.")
 def _ports_args(p):
-    p.add_argument("--backend", choices=["native", "jack"], default="native")
+    p.add_argument("--backend", choices=["auto", "native", "jack"], default="auto",
+                   help="MIDI system (as for run)")
 
 
 @command("presets", "companion.commands:presets_cmd",
@@ -194,6 +207,7 @@ def _eval_args(p):
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--batch", type=POSITIVE, default=64, help="pieces rolled out side by side")
     p.add_argument("--threads", type=POSITIVE, default=1, help="onnxruntime intra-op threads")
+    _provider_arg(p)
 
 
 @command("train", "models.train:main",
@@ -233,5 +247,6 @@ def _bench_args(p):
     p.add_argument("--only", nargs="+", choices=["floor", "harmonize", "timing", "session",
                                                  "startup", "engine"],
                    help="run only these measurements")
+    _provider_arg(p)
     p.add_argument("--markdown", default="docs/BENCHMARKS.md", metavar="FILE.md")
     p.add_argument("--json", default="docs/benchmarks.json", metavar="FILE.json")

@@ -5,6 +5,14 @@ feeds the performer, ticks it every few milliseconds, switches presets, flushes 
 recording and draws the status line. Signal handlers only set a flag (gunicorn's arbiter
 rule); the loop then ends with nothing sounding: pending messages dropped, note-offs for every
 note in the ledger, CC 123 on every channel used.
+
+What can fail is built before the ports open (the models loaded and checked against the
+preset: `Daemon(...)`, then `attach(inp, out)`), so a bad preset leaves nothing behind. While
+playing, an error in handling one event or generating ahead drops that response (its pending
+messages cancelled, its notes released), is told once, and the performance goes on. Sends
+that start failing (a dead output) are told once, and again when they work again. When the
+JACK server goes away (JackWatch), the daemon stops at once: the recording flushed, the ports
+left alone (libjack crashes on a client whose server is gone), one sentence, exit code 2.
 """
 
 from __future__ import annotations
@@ -15,9 +23,11 @@ import signal
 import sys
 import threading
 import time
+import traceback
 
 from companion import ports, presets
-from companion.errors import CompanionError, MidiFileError
+from companion.engine import check_provider
+from companion.errors import CompanionError, MidiFileError, MidiPortError
 from companion.outfiles import check_output
 from companion.performer import Performer, make_clock
 from companion.recorder import FLUSH_EVERY_S, Recorder
@@ -25,31 +35,61 @@ from companion.scheduler import Scheduler, configure_realtime, freeze_heap
 
 TICK_S = 0.002  # how often the performer generates ahead (it does nothing when idle)
 STATUS_EVERY_S = 0.5
+MAX_TOLD_ERRORS = 100  # distinct errors told once each; beyond, only counted
+
+
+class MidiSystemGone(MidiPortError):
+    """The MIDI system (the JACK server) went away while playing."""
 
 
 class Daemon:
-    def __init__(self, preset, inp, out, *, clock_kind="internal", bpm=None, seed=None,
-                 record=None, quiet=False, log_json=False, now_ns=time.perf_counter_ns,
-                 status_stream=sys.stderr, stopping: threading.Event | None = None):
+    """One performance on a pair of ports. Built (models loaded) before the ports exist;
+    `attach(inp, out)` starts sending, `run()` plays until `stopping` is set."""
+
+    def __init__(self, preset, inp=None, out=None, *, clock_kind="internal", bpm=None,
+                 seed=None, record=None, quiet=False, log_json=False,
+                 now_ns=time.perf_counter_ns, status_stream=sys.stderr,
+                 stopping: threading.Event | None = None, provider: str = "auto",
+                 debug: bool = False):
         self.preset = preset
-        self.inp, self.out = inp, out
+        self.inp = self.out = None
+        self.watch = None
         self.clock_kind = clock_kind
         self.bpm = preset.timing.bpm if bpm is None else bpm
         self.seed = seed
-        self.quiet, self.log_json = quiet, log_json
+        self.provider = provider
+        self.quiet, self.log_json, self.debug = quiet, log_json, debug
         self.now_ns = now_ns
         self.status_stream = status_stream
         self.stopping = stopping or threading.Event()
+        self.errors = 0  # responses dropped after an error
+        self._told: set[tuple[str, str]] = set()
+        self._sends_failing = False
+        self._status_drawn = False
+        self._gone = False  # the MIDI system went away: leave the ports alone
         self.clock = make_clock(clock_kind, self.bpm, preset.timing.beats_per_bar, now_ns)
         if clock_kind == "internal":
             self.clock.start()
         self.recorder = Recorder(record, self.bpm) if record else None
+        # started by attach(): nothing is sent before there is a port to send it to
         self.scheduler = Scheduler(self._send, now_ns=now_ns,
-                                   tolerance_ns=int(preset.timing.tolerance_ms * 1e6)).start()
+                                   tolerance_ns=int(preset.timing.tolerance_ms * 1e6))
         if clock_kind == "internal":  # where beat 0 fell (perf_counter_ns), so scripts and
             # tests on this machine can line up with our beats
             self.event("clock", bpm=self.bpm, beat0_ns=self.clock.time_at(0.0))
-        self.performer = self._perform(preset)
+        try:
+            self.performer = self._perform(preset)
+        except BaseException:
+            self.scheduler.stop()
+            raise
+        if inp is not None or out is not None:
+            self.attach(inp, out)
+
+    def attach(self, inp, out, watch=None) -> None:
+        """Play on these ports from now on (`watch`: a ports.JackWatch, or None)."""
+        self.inp, self.out, self.watch = inp, out, watch
+        self.scheduler.start()
+        self._announce(self.preset, self.performer)
 
     # ---- output ------------------------------------------------------------------------
     def _send(self, msg) -> None:
@@ -58,18 +98,27 @@ class Daemon:
             self.recorder.companion(self.clock.beat_at(self.now_ns()), msg)
 
     def _perform(self, preset) -> Performer:
-        performer = Performer(preset, self.scheduler, self.clock, seed=self.seed)
+        performer = Performer(preset, self.scheduler, self.clock, seed=self.seed,
+                              provider=self.provider)
         freeze_heap()  # loaded and warm: no full collection walks it while playing
-        now = self.now_ns()
-        self.scheduler.schedule_many([(now, m) for m in performer.start_messages()])
         if self.recorder is not None:
             self.recorder.names.update({t.channel - 1: t.name for t in
                                         preset.tracks + preset.solo_tracks})
+        return performer
+
+    def _announce(self, preset, performer) -> None:
+        """Start playing `performer`: its start messages, the "preset" event (ready: ports
+        open, models warm), and what the user should know about how it runs."""
+        now = self.now_ns()  # all notes off and the programs, first
+        self.scheduler.schedule_many([(now, m) for m in performer.start_messages()])
         self.event("preset", name=preset.name, mode=preset.mode,
                    provider=",".join(performer.providers))
+        for note in performer.provider_notes:  # info: why CUDA is not used
+            self.event("provider", provider=",".join(performer.providers), why=note)
+            if not self.quiet:
+                self.say(f"execution provider: {note}")
         for conflict in {e.conflict for e in performer.engines if e.conflict}:
-            print(f"midi-companion: warning: {conflict}", file=sys.stderr)
-        return performer
+            self.say(f"warning: {conflict}", always=True)
 
     def switch(self, index: int) -> None:
         """Program Change N: the Nth preset (sorted by name), with no stuck notes."""
@@ -81,26 +130,34 @@ class Daemon:
         try:
             new = presets.load(str(names[index]))
             performer = self._perform(new)
-        except CompanionError as err:  # its model is missing or broken: keep the current one
-            self.event("program_change_failed", program=index, error=str(err))
-            if not self.log_json:
-                print(f"\nmidi-companion: Program Change {index} ignored: {err}",
-                      file=sys.stderr)
+        except Exception as err:  # its model is missing or broken: keep the current one
+            what = str(err) if isinstance(err, CompanionError) else _one_line(err)
+            self.event("program_change_failed", program=index, error=what)
+            self.say(f"Program Change {index} ignored: {what}", always=True)
+            if self.debug and not isinstance(err, CompanionError):
+                traceback.print_exception(err, file=self.status_stream)
             return
         self.preset, self.performer = new, performer
+        self._announce(new, performer)
 
     # ---- loop --------------------------------------------------------------------------
     def run(self) -> int:
         last_flush = last_status = time.monotonic()
         try:
             while not self.stopping.is_set():
-                self._drain(TICK_S)
-                now = self.now_ns()
-                self.performer.tick(now)
-                pc = self.performer.counters.program_change
-                if pc is not None:
-                    self.performer.counters.program_change = None
-                    self.switch(pc)
+                try:
+                    self._drain(TICK_S)
+                    self._check_system()
+                    self.performer.tick(self.now_ns())
+                    pc = self.performer.counters.program_change
+                    if pc is not None:
+                        self.performer.counters.program_change = None
+                        self.switch(pc)
+                except MidiSystemGone:
+                    raise
+                except Exception as err:  # one hiccup drops one response, not the set
+                    self._hiccup(err)
+                self._check_sends()
                 mono = time.monotonic()
                 if self.recorder is not None and mono - last_flush >= FLUSH_EVERY_S:
                     self.recorder.flush_in_background()
@@ -127,9 +184,57 @@ class Daemon:
             except queue.Empty:
                 return
 
+    def _check_system(self) -> None:
+        if self.watch is not None and self.watch.gone.is_set():
+            self._gone = True
+            where = f"; the recording is in {self.recorder.path}" if self.recorder else ""
+            raise MidiSystemGone(f"the JACK server went away while playing, so the companion "
+                                 f"stopped{where}; start the server again, then companion run")
+
+    def _hiccup(self, err: Exception) -> None:
+        """An error while handling an event or generating: drop that response (nothing left
+        sounding), tell it once (the traceback with --debug), play on."""
+        self.errors += 1
+        self.performer.drop_response(self.now_ns())
+        what = _one_line(err)
+        key = (type(err).__name__, what)
+        if key in self._told or len(self._told) >= MAX_TOLD_ERRORS:
+            return
+        self._told.add(key)
+        self.event("error", error=type(err).__name__, message=what, action="response dropped")
+        self.say(f"warning: a response was dropped after an error ({what}); playing on",
+                 always=True)
+        if self.debug:
+            traceback.print_exception(err, file=self.status_stream)
+
+    def _check_sends(self) -> None:
+        """Tell when sends start failing (a dead output), and when they work again."""
+        failing = self.scheduler.failing
+        if failing == self._sends_failing:
+            return
+        self._sends_failing = failing
+        errors = self.scheduler.stats.send_errors
+        if failing:
+            err = self.scheduler.last_error
+            what = _one_line(err) if err is not None else "unknown error"
+            self.event("send_failing", port=self.out.name, error=what, send_errors=errors)
+            self.say(f"warning: sending to {self.out.name!r} fails ({what}); what the "
+                     f"companion plays is lost until it works again", always=True)
+        else:
+            self.event("send_recovered", port=self.out.name, send_errors=errors)
+            self.say(f"sending to {self.out.name!r} works again ({errors} message(s) lost in "
+                     f"all)", always=True)
+
     def shutdown(self) -> None:
         """Nothing left sounding, the recording on disk, ports closed."""
-        self.performer.stop_sound(self.now_ns())
+        try:
+            self.performer.stop_sound(self.now_ns())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """The scheduler stopped, the recording flushed, the ports closed (or, when the MIDI
+        system is gone, abandoned: closing them would crash libjack)."""
         self.scheduler.stop()
         failed = None
         if self.recorder is not None:
@@ -137,11 +242,19 @@ class Daemon:
                 self.recorder.flush()
             except MidiFileError as err:  # the ports still close; then the error is told
                 failed = err
-        self.out.close()
-        self.inp.close()
-        self.event("stopped", **self.scheduler.summary())
-        if not self.quiet and not self.log_json:
+        for port in (self.out, self.inp):
+            if port is None:
+                continue
+            if self._gone and hasattr(port, "abandon"):
+                port.abandon()
+            else:
+                port.close()
+        if self.watch is not None:
+            self.watch.close()
+        self.event("stopped", **self.scheduler.summary(), errors=self.errors)
+        if self._status_drawn and not self.log_json:
             print(file=self.status_stream)
+            self._status_drawn = False
         if failed is not None:
             raise failed
 
@@ -158,6 +271,7 @@ class Daemon:
             "notes_out": sum(o.notes_out for o in self._outputs()),
             "infer_p50_ms": round(p50, 2), "infer_p99_ms": round(p99, 2),
             "late_dropped": stats["late_dropped"],
+            "send_errors": stats["send_errors"], "errors": self.errors,
         }
         if self.log_json:
             self.event("status", **fields)
@@ -166,7 +280,22 @@ class Daemon:
                     f"({fields['clock']}) | in {fields['notes_in']} out {fields['notes_out']} | "
                     f"infer {fields['infer_p50_ms']}/{fields['infer_p99_ms']} ms p50/p99 | "
                     f"late {fields['late_dropped']} | {fields['provider']}")
+            if fields["send_errors"]:
+                line += (f" | SEND FAILING ({fields['send_errors']})" if self._sends_failing
+                         else f" | send errors {fields['send_errors']}")
+            if fields["errors"]:
+                line += f" | dropped after errors {fields['errors']}"
             print("\r" + line[:160].ljust(160), end="", file=self.status_stream, flush=True)
+            self._status_drawn = True
+
+    def say(self, text: str, always: bool = False) -> None:
+        """One line for the user on the status stream, below the status line (none with
+        --log-json, whose events carry it; info only without --quiet, warnings `always`)."""
+        if self.log_json or (self.quiet and not always):
+            return
+        lead = "\n" if self._status_drawn else ""
+        print(f"{lead}midi-companion: {text}", file=self.status_stream, flush=True)
+        self._status_drawn = False
 
     def _outputs(self):
         return getattr(self.performer, "outputs", [self.performer.output])
@@ -176,27 +305,48 @@ class Daemon:
             print(json.dumps({"event": kind, "t": time.time(), **fields}), flush=True)
 
 
+def _one_line(err: BaseException) -> str:
+    """`Type: message`, on one line (the first line of the message, shortened)."""
+    text = (str(err).strip().splitlines() or [""])[0][:200]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def main(args) -> int:
     """Entry point of `companion run`."""
     preset = presets.load(args.preset)
     if args.record:  # before any port opens: a take must never be lost to a bad path
         check_output(args.record, "--record")
+    check_provider(args.provider)  # --provider cuda without CUDA: before any model loads
+    backend, why = ports.choose_backend(args.backend)
     configure_realtime()
     # From here on a signal only asks to stop: one during start-up (the "preset" event is
     # printed before run()) must not kill the process with its JACK clients still open.
     stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
-    inp = ports.open_input(args.inp, backend=args.backend)
-    try:
-        out = ports.open_output(args.out, backend=args.backend)
-    except BaseException:
-        inp.close()
-        raise
-    if not args.quiet and not args.log_json:
-        print(f"midi-companion: listening on {inp.name!r}, playing on {out.name!r} "
-              f"(preset {preset.name}, {preset.mode}); Ctrl-C to stop", file=sys.stderr)
-    daemon = Daemon(preset, inp, out, clock_kind=args.clock, bpm=args.bpm, seed=args.seed,
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda *_: stopping.set())
+    # The models are loaded and checked against the preset before any port opens: a preset
+    # whose model does not fit ends here, leaving no port and no thread behind.
+    daemon = Daemon(preset, clock_kind=args.clock, bpm=args.bpm, seed=args.seed,
                     record=args.record, quiet=args.quiet, log_json=args.log_json,
-                    stopping=stopping)
+                    stopping=stopping, provider=args.provider,
+                    debug=getattr(args, "debug", False))
+    try:
+        inp = ports.open_input(args.inp, backend=backend)
+        try:
+            out = ports.open_output(args.out, backend=backend)
+        except BaseException:
+            inp.close()
+            raise
+    except BaseException:
+        daemon.close()
+        raise
+    system = ports.system_name(backend)
+    daemon.event("backend", backend=backend, system=system, why=why)
+    if not args.quiet and not args.log_json:
+        print(f"midi-companion: listening on {inp.name!r}, playing on {out.name!r} through "
+              f"the {system} ({why}; preset {preset.name}, {preset.mode}); Ctrl-C to stop",
+              file=sys.stderr)
+    watch = ports.JackWatch.start(verbose=daemon.debug) if backend == "jack" else None
+    daemon.attach(inp, out, watch)
     return daemon.run()

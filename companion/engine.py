@@ -3,8 +3,9 @@ between steps.
 
 Sessions run on one thread, sequentially, with every graph optimization
 (companion.modelfile.session_options); voices warm them up at load so the first real step is
-as fast as the rest. The CUDA provider is used when it really loads; `engine.provider` says
-which one runs.
+as fast as the rest. They run on the CPU unless `--provider cuda` asks for CUDA (and then
+only if it really loads: otherwise a ProviderError says why); `engine.provider` says which
+one runs and `engine.provider_note` why CUDA does not.
 """
 
 from __future__ import annotations
@@ -27,20 +28,66 @@ def _wheel_conflict() -> str | None:
             "pip uninstall -y onnxruntime && pip install --force-reinstall onnxruntime-gpu")
 
 
-def gpu_session(model):
-    """A CUDA session of `model` when onnxruntime-gpu really loads it, else None."""
+PROVIDERS = ("auto", "cpu", "cuda")
+CUDA = "CUDAExecutionProvider"
+#: what `--provider auto` does, for --help and the log
+AUTO_CHOOSES = ("the CPU: a step of these small step graphs takes ~0.1 ms there, less than a "
+                "CUDA launch costs")
+
+
+def check_provider(provider: str) -> None:
+    """ProviderError unless `provider` is one of PROVIDERS and, for "cuda", onnxruntime has a
+    CUDA provider at all (whether it loads a model is only known when it tries)."""
+    from companion.errors import ProviderError
+
+    if provider not in PROVIDERS:
+        raise ProviderError(f"unknown execution provider {provider!r}; use one of "
+                            f"{', '.join(PROVIDERS)}")
+    if provider != "cuda":
+        return
     import onnxruntime as ort
 
+    available = ort.get_available_providers()
+    if CUDA not in available:
+        raise ProviderError(
+            f"--provider cuda: this onnxruntime has no CUDA provider (it has "
+            f"{', '.join(available)}); install onnxruntime-gpu alone (see README, GPU), or "
+            f"use --provider cpu")
+
+
+def open_session(model, provider: str = "auto", threads: int = 1):
+    """The onnxruntime session to step `model` with, and why CUDA is not used (None when it
+    is): "cpu" never tries CUDA, "auto" keeps the CPU (AUTO_CHOOSES), "cuda" runs on CUDA or
+    raises ProviderError saying why it cannot."""
+    from companion.errors import ProviderError
+
+    check_provider(provider)
+    if provider == "cpu":
+        return model.session, "CPU chosen (--provider cpu)"
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider == "auto":
+        if CUDA in available:
+            return model.session, (f"CUDA is available but not used: --provider auto chooses "
+                                   f"{AUTO_CHOOSES}; --provider cuda to use it")
+        return model.session, (f"CPU: this onnxruntime has no CUDA provider (it has "
+                               f"{', '.join(available)})")
     from companion.modelfile import session_options
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return None
     try:
-        sess = ort.InferenceSession(str(model.path), session_options(),
-                                    providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    except Exception:  # a CUDA provider that fails to load falls back to the CPU session
-        return None
-    return sess if sess.get_providers()[0] == "CUDAExecutionProvider" else None
+        sess = ort.InferenceSession(str(model.path), session_options(threads),
+                                    providers=[CUDA, "CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own kinds: say what it said, on one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ProviderError(f"--provider cuda: CUDA cannot run {model.path} ({first}); use "
+                            f"--provider cpu") from err
+    if sess.get_providers()[0] != CUDA:  # the CUDA libraries did not load: it fell back
+        raise ProviderError(
+            f"--provider cuda: onnxruntime fell back to {sess.get_providers()[0]} for "
+            f"{model.path} (its CUDA libraries did not load: CUDA or cuDNN missing or of "
+            f"another version); use --provider cpu")
+    return sess, None
 
 
 class Engine:
@@ -50,10 +97,11 @@ class Engine:
     starts empty (a KV cache's time axis). Output ``X_out`` feeds input ``X`` on the next step.
     """
 
-    def __init__(self, model, batch: int = 1, use_gpu: bool = True):
-        """`model` is a checked companion.modelfile.ModelFile (state names match the graph)."""
+    def __init__(self, model, batch: int = 1, provider: str = "auto"):
+        """`model` is a checked companion.modelfile.ModelFile (state names match the graph);
+        `provider` as open_session takes it."""
         self.model = model
-        self.session = (gpu_session(model) if use_gpu else None) or model.session
+        self.session, self.provider_note = open_session(model, provider)
         self.provider = self.session.get_providers()[0]
         self.conflict = _wheel_conflict()
         self.batch = batch

@@ -37,3 +37,7 @@ class DataError(CompanionError, ValueError):
 
 class MidiPortError(CompanionError, OSError):
     """No MIDI system reachable, or a port name that matches nothing."""
+
+
+class ProviderError(CompanionError, RuntimeError):
+    """An execution provider asked for (--provider cuda) that cannot run the model."""

@@ -265,13 +265,26 @@ def _check_width(model, rolls) -> None:
                          f"benchmark's {rolls[0].shape[1]} (pianoroll pitches = 88)")
 
 
-def evaluate_benchmark(path, benchmark: str, batch: int = 64, threads: int = 1) -> dict:
+def _load(path, threads: int, provider: str):
+    """The model file with its session on `provider` (companion.engine.open_session)."""
+    from dataclasses import replace
+
+    from companion import modelfile
+    from companion.engine import open_session
+
+    model = modelfile.load(path, threads)
+    session, _ = open_session(model, provider, threads)
+    return replace(model, session=session)
+
+
+def evaluate_benchmark(path, benchmark: str, batch: int = 64, threads: int = 1,
+                       provider: str = "auto") -> dict:
     """Test NLL per frame of a benchmark (the published metric)."""
-    from companion import benchmarks, modelfile
+    from companion import benchmarks
 
     if benchmark not in BENCHMARKS:
         raise DataError(f"unknown benchmark {benchmark!r}; known: {list(BENCHMARKS)}")
-    model = modelfile.load(path, threads)
+    model = _load(path, threads, provider)
     rolls = benchmarks.load(benchmark)["test"]
     _check_width(model, rolls)
     return _result(nll(model, rolls, batch), "frame", set=f"{benchmark}/test",
@@ -317,11 +330,10 @@ def held_out_scores(corpus: dict, split: str) -> list:
     return [found[i] for i in ids]
 
 
-def evaluate_split(path, split: str = "test", batch: int = 64, threads: int = 1) -> dict:
+def evaluate_split(path, split: str = "test", batch: int = 64, threads: int = 1,
+                   provider: str = "auto") -> dict:
     """NLL on the model's own held-out split, per unit of its training loss."""
-    from companion import modelfile
-
-    model = modelfile.load(path, threads)
+    model = _load(path, threads, provider)
     if model.protocol not in _PROTOCOLS:
         raise ModelError(f"{path}: protocol {model.protocol!r} has no likelihood here")
     rep = model.representation
@@ -356,8 +368,10 @@ def summary(result: dict) -> str:
 # ---- command line ------------------------------------------------------------------------
 def main(args) -> int:
     if args.benchmark:
-        result = evaluate_benchmark(args.model, args.benchmark, args.batch, args.threads)
+        result = evaluate_benchmark(args.model, args.benchmark, args.batch, args.threads,
+                                    args.provider)
     else:
-        result = evaluate_split(args.model, args.split, args.batch, args.threads)
+        result = evaluate_split(args.model, args.split, args.batch, args.threads,
+                                args.provider)
     print(json.dumps(result) if args.json else summary(result))
     return 0 if math.isfinite(result["nll"]) else 1

@@ -166,6 +166,7 @@ def read(path: str | os.PathLike, session) -> ModelFile:
         raise ModelError(f"{path}: metadata 'representation': {err}") from err
     state = _state(path, parsed["state"])
     inputs, outputs = _check_graph(path, session, protocol, state)
+    _check_widths(path, session, protocol, rep)
     if not isinstance(parsed["parameters"], int):
         raise ModelError(
             f"{path}: metadata 'parameters' must be an integer (received {meta['parameters']!r})"
@@ -190,6 +191,38 @@ def read(path: str | os.PathLike, session) -> ModelFile:
         metadata=meta,
         session=session,
     )
+
+
+def output_widths(protocol: str, rep: Representation) -> dict[str, int]:
+    """The last axis each protocol output must have for `rep` (docs/ARCHITECTURE.md, step
+    protocols): the vocabulary, its (pitch, step, duration) classes, or the keys + END."""
+    if protocol == "token-step":
+        return {"logits": rep.vocab_size}
+    if protocol == "note-step":
+        fields = getattr(rep, "fields", None)
+        if fields is None:  # not the notes representation: evaluate/voices say so
+            return {}
+        return dict(zip(("pitch_logits", "step_logits", "duration_logits"), fields))
+    if protocol == "frame-step":
+        return {"logits": rep.vocab_size}
+    if protocol in ("nade-step", "multitrack-step"):  # keys, then END
+        return {"logits": rep.vocab_size + 1}
+    return {}
+
+
+def _check_widths(path: Path, session, protocol: str, rep: Representation) -> None:
+    """A logits width that differs from the representation's vocabulary fails at load, not
+    at the first answer (a width the graph leaves symbolic is not checked)."""
+    outs = {o.name: o.shape for o in session.get_outputs()}
+    for name, want in output_widths(protocol, rep).items():
+        shape = outs.get(name)
+        if not shape or not isinstance(shape[-1], int):
+            continue
+        if shape[-1] != want:
+            raise ModelError(
+                f"{path}: output {name!r} is {shape[-1]} wide but its {rep.name} "
+                f"representation needs {want} (a {protocol} model over this vocabulary)"
+            )
 
 
 def _json(path: Path, meta: dict, key: str) -> Any:

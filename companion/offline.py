@@ -29,7 +29,7 @@ class VirtualTime:
 
 
 def perform(preset: Preset, score: Score, *, seed: int = 0, bars: int | None = None,
-            use_gpu: bool = False, source: str = "the input") -> Score:
+            provider: str = "cpu", source: str = "the input") -> Score:
     """Play `score` (all tracks as the player's part) into `preset`; return the player's
     parts as they came (`input_parts`, each on a channel of its own: see `place_parts`),
     then one track per generated part, on the preset's channels. CompanionError naming
@@ -45,7 +45,7 @@ def perform(preset: Preset, score: Score, *, seed: int = 0, bars: int | None = N
     sent: list[tuple[int, tuple[int, ...]]] = []
     scheduler = Scheduler(lambda m: sent.append((now.ns, tuple(m))), now_ns=now,
                           tolerance_ns=10**15)  # virtual time is never late
-    performer = Performer(preset, scheduler, clock, seed=seed, use_gpu=use_gpu)
+    performer = Performer(preset, scheduler, clock, seed=seed, provider=provider)
     inputs = _input_messages(score, clock)
     end = clock.time_at(score.end)
     i, played = 0, False

@@ -32,25 +32,25 @@ class Performer:
     """Plays one preset. `handle(t_ns, msg)` for each incoming message, `tick(now_ns)` often."""
 
     def __init__(self, preset: Preset, scheduler, clock, seed: int | None = None,
-                 use_gpu: bool = True):
+                 provider: str = "auto"):
         self.preset = preset
         self.scheduler = scheduler
         self.clock = clock
         self.rng = np.random.default_rng(seed)
         self.counters = Counters()
         self.temperature = preset.sampling.temperature
-        self.mode = self._build_mode(use_gpu)
+        self.mode = self._build_mode(provider)
         self.lookahead_beats = 0.0
         self._sustain = False
 
     # ---- building ----------------------------------------------------------------------
-    def _build_mode(self, use_gpu: bool):
+    def _build_mode(self, provider: str):
         p = self.preset
         if p.mode == "continue":
             from companion.voices import voice_for
 
             model = load_model(p.model)
-            voice = voice_for(model, use_gpu=use_gpu)
+            voice = voice_for(model, provider=provider)
             voice.warm_up(self.rng)
             self.providers = [voice.engine.provider]
             self.engines = [voice.engine]
@@ -60,7 +60,7 @@ class Performer:
         from companion.modes.accompaniment import build_accompany_mode
 
         mode, outputs, engines = build_accompany_mode(p, self.scheduler, self.clock, self.rng,
-                                                      use_gpu)
+                                                      provider)
         self.output = outputs[0]
         self.outputs = outputs
         self.engines = engines
@@ -79,7 +79,11 @@ class Performer:
 
     # ---- input -------------------------------------------------------------------------
     def handle(self, t_ns: int, msg) -> None:
-        """One message stamped on arrival: transport, notes, controls."""
+        """One message stamped on arrival: transport, notes, controls.
+
+        Program Change and the controls act whether the clock runs or not (a preset chosen,
+        or panic pressed, before the DAW's play); notes and the controls that need a beat
+        (trigger, sustain release ending a phrase) only while it runs."""
         status = msg[0]
         if isinstance(self.clock, MidiClock) and MidiClock.handles(msg):
             if status in RELOCATING:
@@ -94,21 +98,26 @@ class Performer:
         ch = status & 0x0F
         if self.preset.input_channel and ch != self.preset.input_channel - 1:
             return
+        kind = status & 0xF0
+        if kind == 0xC0:
+            if self.preset.controls.program_change:
+                self.counters.program_change = msg[1]
+            return
+        if len(msg) < 3:  # a note or a control change cut short
+            return
+        if kind == 0xB0:
+            self._control(t_ns, msg[1], msg[2])
+            return
         if not self.clock.running:
             return
-        kind = status & 0xF0
         beat = self.clock.beat_at(t_ns)
         if kind == 0x90 and msg[2] > 0:
             self.counters.notes_in += 1
             self.mode.note_on(beat, msg[1], msg[2])
         elif kind == 0x80 or kind == 0x90:
             self.mode.note_off(beat, msg[1])
-        elif kind == 0xB0:
-            self._control(beat, t_ns, msg[1], msg[2])
-        elif kind == 0xC0 and self.preset.controls.program_change:
-            self.counters.program_change = msg[1]
 
-    def _control(self, beat: float, t_ns: int, cc: int, value: int) -> None:
+    def _control(self, t_ns: int, cc: int, value: int) -> None:
         c = self.preset.controls
         if cc == c.panic_cc and cc:
             self.stop_sound(t_ns)
@@ -118,14 +127,16 @@ class Performer:
         elif cc == c.scale_lock_cc and cc:
             self.mode.set_scale_lock(value >= 64)
         elif cc == c.trigger_cc and cc and value >= 64:
-            self._end_phrase(beat)
+            self._end_phrase(t_ns)
         elif cc == SUSTAIN_CC:
             was, self._sustain = self._sustain, value >= 64
             if was and not self._sustain and c.sustain_release_ends_phrase:
-                self._end_phrase(beat)
+                self._end_phrase(t_ns)
 
-    def _end_phrase(self, beat: float) -> None:
-        self.mode.end_phrase(beat)
+    def _end_phrase(self, t_ns: int) -> None:
+        """A trigger: the phrase ends now (nothing to end while the clock stands still)."""
+        if self.clock.running:
+            self.mode.end_phrase(self.clock.beat_at(t_ns))
 
     def end_input(self, beat: float) -> None:
         """The player is done (the end of an input file): answer now."""
@@ -149,6 +160,21 @@ class Performer:
         if self.clock.running:
             self.mode.stop(self.clock.beat_at(t_ns))
         self.scheduler.panic()
+
+    def drop_response(self, t_ns: int) -> None:
+        """After an error while handling one event or generating ahead: what the mode had
+        pending is cancelled and what it sounds released (its stop()), so nothing hangs;
+        the mode waits for the player again. If even that fails, everything is silenced."""
+        try:
+            if self.clock.running:
+                self.mode.stop(self.clock.beat_at(t_ns))
+        except Exception:
+            self.scheduler.panic()
+
+    @property
+    def provider_notes(self) -> list[str]:
+        """Why CUDA is not used, once per reason (Engine.provider_note)."""
+        return sorted({e.provider_note for e in self.engines if e.provider_note})
 
     def inference_ms(self) -> tuple[float, float]:
         all_ms = [ms for e in self.engines for ms in e.step_ms]

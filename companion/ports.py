@@ -4,7 +4,9 @@
   virtual port ("midi-companion in" / "midi-companion out") that the DAW connects to; with a
   name, a connection to the one existing port whose name contains it (case-insensitive).
 - backend "native" is the platform's MIDI system (ALSA sequencer, CoreMIDI, Windows MM);
-  "jack" is JACK MIDI (python-rtmidi's API_UNIX_JACK).
+  "jack" is JACK MIDI (python-rtmidi's API_UNIX_JACK); "auto" (the default) is native,
+  except on Linux without an ALSA sequencer (/dev/snd/seq) where a JACK server is running:
+  then JACK (`choose_backend` says which, and why).
 - Inputs stamp each message with `time.perf_counter_ns()` on arrival and hand the pair
   `(t_ns, msg)` to a queue.Queue (or the callback given) and do nothing else: the
   callback runs on the MIDI system's thread (for JACK its process thread), and a slow one
@@ -22,6 +24,8 @@ matching and the loopback work without it.
 
 from __future__ import annotations
 
+import collections
+import os
 import queue
 import sys
 import threading
@@ -30,7 +34,8 @@ from collections.abc import Callable, Sequence
 
 from companion.errors import MidiPortError
 
-BACKENDS = ("native", "jack")
+BACKENDS = ("auto", "native", "jack")
+ALSA_SEQUENCER = "/dev/snd/seq"
 CLIENT_NAME = "midi-companion"
 VIRTUAL_INPUT = "midi-companion in"
 VIRTUAL_OUTPUT = "midi-companion out"
@@ -89,8 +94,8 @@ def unreachable_hint(backend: str, platform: str = sys.platform) -> str:
         )
     if platform.startswith("linux"):
         return (
-            "load the ALSA sequencer (`sudo modprobe snd-seq`), or start JACK and use "
-            "--backend jack, or try `companion demo`"
+            "load the ALSA sequencer (`sudo modprobe snd-seq`), or start a JACK server "
+            "(then it is chosen by itself, or pass --backend jack), or try `companion demo`"
         )
     if platform == "win32":
         return (
@@ -98,6 +103,57 @@ def unreachable_hint(backend: str, platform: str = sys.platform) -> str:
             "`companion demo`"
         )
     return "check your MIDI setup, or try `companion demo`"
+
+
+def choose_backend(
+    backend: str = "auto",
+    platform: str = sys.platform,
+    sequencer: str = ALSA_SEQUENCER,
+    jack_running: Callable[[], bool] | None = None,
+) -> tuple[str, str]:
+    """The backend to open ("native" or "jack") for `backend`, and why, in a few words.
+
+    "auto" is the platform's MIDI system, except on Linux without an ALSA sequencer where a
+    JACK server is running: JACK is then the MIDI system that is there. When neither is,
+    it stays "native", whose error says what to do."""
+    if backend != "auto":
+        return backend, f"--backend {backend}"
+    if not platform.startswith("linux"):
+        return "native", f"the {system_name('native', platform)}"
+    if os.path.exists(sequencer):
+        return "native", f"the ALSA sequencer ({sequencer})"
+    if (jack_running or jack_server_running)():
+        return "jack", f"no ALSA sequencer ({sequencer} is absent) but a JACK server is running"
+    return "native", f"no ALSA sequencer ({sequencer} is absent) and no JACK server"
+
+
+def jack_server_running() -> bool:
+    """Whether a JACK server answers (a client connects without starting one); libjack's
+    complaints while it tries go to /dev/null, not to the user's terminal."""
+    try:
+        rtmidi = _rtmidi()
+    except MidiPortError:
+        return False
+    if rtmidi.API_UNIX_JACK not in rtmidi.get_compiled_api():
+        return False
+    saved_env = os.environ.get("JACK_NO_START_SERVER")
+    os.environ["JACK_NO_START_SERVER"] = "1"  # a probe must never start a server
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            probe = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, f"{CLIENT_NAME}-probe")
+    except rtmidi.RtMidiError:
+        return False
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        if saved_env is None:
+            os.environ.pop("JACK_NO_START_SERVER", None)
+        else:
+            os.environ["JACK_NO_START_SERVER"] = saved_env
+    probe.delete()
+    return True
 
 
 # ---- the port classes -------------------------------------------------------------------
@@ -328,6 +384,14 @@ def close_client(client) -> None:
     client.delete()
 
 
+def _leak(client) -> None:
+    """Never free `client`: an rtmidi JACK client whose server is gone crashes libjack when
+    it is closed or deleted, even at interpreter exit (seen: a segfault in close_port)."""
+    import ctypes
+
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(client))
+
+
 class MidiInput(InputPort):
     """A real MIDI input (rtmidi.MidiIn) delivering (t_ns, msg) pairs."""
 
@@ -341,6 +405,13 @@ class MidiInput(InputPort):
     def _close(self) -> None:
         self._client.cancel_callback()
         close_client(self._client)  # a virtual port only goes away with its client
+
+    def abandon(self) -> None:
+        """The MIDI system is gone: mark the port closed without touching its client."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                _leak(self._client)
 
 
 class MidiOutput(OutputPort):
@@ -358,6 +429,102 @@ class MidiOutput(OutputPort):
         # sent, so the note-offs of a final panic still leave.
         close_client(self._client)
 
+    def abandon(self) -> None:
+        """The MIDI system is gone: mark the port closed without touching its client."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                _leak(self._client)
+
+
+class JackWatch:
+    """Tells when the JACK server goes away (killed, or restarted from a control app).
+
+    rtmidi's own clients are not told (their sends still succeed, into nothing), so this is
+    a port-less client of our own through the libjack rtmidi loaded, whose shutdown callback
+    sets `gone` (within ~10 ms of the server's death). `JackWatch.start()` returns None where
+    libjack cannot be reached that way; the daemon then simply has no watch.
+
+    It also takes libjack's error messages (it prints a paragraph of socket errors when the
+    server dies): kept in `messages`, printed to stderr only when `verbose` (--debug)."""
+
+    JACK_NO_START_SERVER = 0x01
+
+    def __init__(self, lib, client, verbose: bool = False):
+        self.gone = threading.Event()
+        self.messages: collections.deque[str] = collections.deque(maxlen=20)
+        self.verbose = verbose
+        self._lib, self._client = lib, client
+        self._default_error = None  # libjack's error function before ours
+
+    def _message(self, text: bytes | None) -> None:
+        """libjack's error function (on whichever thread it complains from)."""
+        line = (text or b"").decode(errors="replace")
+        self.messages.append(line)
+        if self.verbose:
+            print(f"libjack: {line}", file=sys.stderr, flush=True)
+
+    @classmethod
+    def start(cls, client_name: str = f"{CLIENT_NAME}-watch",
+              verbose: bool = False) -> JackWatch | None:
+        import ctypes
+
+        _rtmidi()  # loads its libjack
+        path = _loaded_library("libjack")
+        if path is None:
+            return None
+        try:
+            lib = ctypes.CDLL(path)
+            lib.jack_client_open.restype = ctypes.c_void_p
+            lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int,
+                                             ctypes.POINTER(ctypes.c_int)]
+            lib.jack_on_shutdown.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+            lib.jack_client_close.argtypes = [ctypes.c_void_p]
+            lib.jack_set_error_function.argtypes = [ctypes.c_void_p]
+        except (OSError, AttributeError):
+            return None
+        status = ctypes.c_int(0)
+        client = lib.jack_client_open(client_name.encode(), cls.JACK_NO_START_SERVER,
+                                      ctypes.byref(status))
+        if not client:
+            return None
+        watch = cls(lib, client, verbose)
+        # called on libjack's threads: they only set the flag, or keep the message
+        gone = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: watch.gone.set())
+        message = ctypes.CFUNCTYPE(None, ctypes.c_char_p)(watch._message)
+        _KEEP_ALIVE.extend((gone, message))  # libjack keeps pointers to them
+        lib.jack_on_shutdown(client, gone, None)
+        try:
+            watch._default_error = ctypes.c_void_p.in_dll(lib, "jack_error_callback").value
+        except ValueError:
+            pass
+        lib.jack_set_error_function(message)
+        return watch
+
+    def close(self) -> None:
+        """Close the watch's client (left alone once the server is gone: see _leak) and give
+        libjack its own error function back."""
+        if self._client and not self.gone.is_set():
+            self._lib.jack_client_close(self._client)
+            if self._default_error:
+                self._lib.jack_set_error_function(self._default_error)
+        self._client = None
+
+
+_KEEP_ALIVE: list = []  # ctypes callbacks handed to libjack
+
+def _loaded_library(stem: str) -> str | None:
+    """The path of the shared library `stem` this process has loaded (Linux), else None."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if stem in os.path.basename(path) and ".so" in path:
+                    return path
+    except OSError:
+        return None
+    return None
+
 
 def open_input(
     name: str | None = None,
@@ -368,6 +535,7 @@ def open_input(
     """Open a MIDI input: the virtual "midi-companion in" when `name` is None, else the one
     existing port (that we can receive from) whose name contains `name`, case-insensitive.
     See InputPort for `callback`."""
+    backend = choose_backend(backend)[0]
     client = _client("input", backend, client_name)
     try:
         return MidiInput(client, name, backend, callback)
@@ -381,6 +549,7 @@ def open_output(
 ) -> MidiOutput:
     """Open a MIDI output: the virtual "midi-companion out" when `name` is None, else the one
     existing port (that we can send to) whose name contains `name`, case-insensitive."""
+    backend = choose_backend(backend)[0]
     client = _client("output", backend, client_name)
     try:
         return MidiOutput(client, _open(client, name, "output", VIRTUAL_OUTPUT, backend))
@@ -392,6 +561,7 @@ def open_output(
 def list_ports(backend: str = "native") -> dict[str, list[str]]:
     """The ports `backend` offers: {"inputs": [...], "outputs": [...]} (inputs are ports we
     can receive from, outputs ports we can send to)."""
+    backend = choose_backend(backend)[0]
     found = {}
     for kind, key in (("input", "inputs"), ("output", "outputs")):
         client = _client(kind, backend)

@@ -71,7 +71,6 @@ class Controls:
     temperature_cc: int = 1  # mod wheel
     temperature_range: tuple[float, float] = (0.5, 1.5)
     panic_cc: int = 123
-    mode_cc: int = 0  # 0 = off
     scale_lock_cc: int = 0  # 0 = off; a CC >= 64 locks answers to the key, < 64 unlocks
     trigger_cc: int = 0  # 0 = off; a CC >= 64 ends the phrase now
     sustain_release_ends_phrase: bool = True
@@ -315,7 +314,7 @@ def _controls(c: _Checker, s) -> Controls:
         c.fail(f"{w} temperature_range", f"must be [low, high] with 0 < low <= high "
                                          f"(received {rng!r})")
     ccs = {k: c.value(s, k, w, int, getattr(d, k), lo=0, hi=127)
-           for k in ("temperature_cc", "panic_cc", "mode_cc", "trigger_cc", "scale_lock_cc")}
+           for k in ("temperature_cc", "panic_cc", "trigger_cc", "scale_lock_cc")}
     used = [(k, v) for k, v in ccs.items() if v]  # 0 = off
     for i, (k, v) in enumerate(used):
         clash = next((k2 for k2, v2 in used[i + 1:] if v2 == v), None)

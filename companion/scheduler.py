@@ -154,6 +154,7 @@ class Scheduler:
         self.spin_ns = spin_ns
         self.stats = SchedulerStats()
         self.last_error: Exception | None = None
+        self.failing = False  # the last send failed (True until one succeeds again)
         self._heap: list[tuple[int, int, int, tuple[int, ...]]] = []
         self._seq = itertools.count()
         self._lock = threading.RLock()
@@ -300,15 +301,18 @@ class Scheduler:
         return sent
 
     def _emit(self, msg: Message) -> int:
-        """Send one message; a failing output is counted and kept in `last_error`, not
-        raised, so the thread keeps releasing notes on the outputs that still work."""
+        """Send one message; a failing output is counted and kept in `last_error` (and
+        `failing` says whether the latest send failed), not raised, so the thread keeps
+        releasing notes on the outputs that still work; the daemon shows it."""
         try:
             self._send(msg)
         except Exception as err:  # the output's error, whatever it is
             self.stats.send_errors += 1
             self.last_error = err
+            self.failing = True
             return 0
         self.stats.sent += 1
+        self.failing = False
         return 1
 
     def panic(self) -> int:

@@ -321,17 +321,17 @@ class Accompanist(Voice):
 DRIVERS = {v.protocol: v for v in (TokenVoice, NoteVoice, FrameVoice, NadeVoice)}
 
 
-def voice_for(model, use_gpu: bool = True) -> Voice:
+def voice_for(model, provider: str = "auto") -> Voice:
     """The driver for a loaded model file (its protocol picks it)."""
     cls = DRIVERS.get(model.protocol)
     if cls is None:
         raise ModelError(f"{model.path}: protocol {model.protocol!r} cannot continue a phrase; "
                          f"continuation protocols: {sorted(DRIVERS)}")
-    engine = Engine(model, use_gpu=use_gpu)
+    engine = Engine(model, provider=provider)
     return cls(engine, model.representation)
 
 
-def accompanist_for(model, preset, use_gpu: bool = True) -> Accompanist:
+def accompanist_for(model, preset, provider: str = "auto") -> Accompanist:
     """The accompanist for a multitrack-step model, checked against the preset's tracks."""
     if model.protocol != Accompanist.protocol:
         raise ModelError(f"{model.path}: mode {preset.mode!r} needs a multitrack-step model "
@@ -342,7 +342,7 @@ def accompanist_for(model, preset, use_gpu: bool = True) -> Accompanist:
                          f"{model.path.name} generates {rows} "
                          f"({', '.join(model.representation.track_names()[1:])})")
     s = preset.sampling
-    return Accompanist(Engine(model, use_gpu=use_gpu), model.representation,
+    return Accompanist(Engine(model, provider=provider), model.representation,
                        Sampling(s.temperature, s.top_k, s.top_p),
                        ranges=[t.range for t in preset.tracks], key_strength=s.key_strength,
                        scale_lock=s.scale_lock)

@@ -8,6 +8,11 @@ past, as in the seed, so a note's NLL is the sum of the three and the unit is th
 Step: input `note` int64 [B, 1, 3] (class indices, no offsets), state `h`, `c` [layers, B,
 hidden]; outputs `pitch_logits` [B, 128], `step_logits` [B, n_step], `duration_logits`
 [B, n_duration].
+
+Metrical position (`meter`, on by default): the input gets a learned embedding of the note's
+position in the beat (the onsets' running sum of steps, mod the representation's steps per
+beat), counted from the piece's start in training and in a `time` state ([B, 1]) in the
+step graph (the zero state = on a beat).
 """
 
 from __future__ import annotations
@@ -37,9 +42,15 @@ class NoteLSTM(nn.Module):
         hidden: int = 256,
         layers: int = 2,
         dropout: float = 0.1,
+        meter: bool = False,
+        steps_per_beat: int = 0,
     ):
         super().__init__()
-        self.model_args = dict(embed=embed, hidden=hidden, layers=layers, dropout=dropout)
+        self.model_args = dict(embed=embed, hidden=hidden, layers=layers, dropout=dropout,
+                               meter=bool(meter))
+        self.beat = int(steps_per_beat) if meter else 0
+        if self.beat:
+            self.phase_emb = nn.Embedding(self.beat, 3 * embed)
         self.fields, self.hidden, self.layers = tuple(fields), hidden, layers
         self.embs = nn.ModuleList(nn.Embedding(n, embed) for n in self.fields)
         self.drop = nn.Dropout(dropout)
@@ -48,34 +59,50 @@ class NoteLSTM(nn.Module):
         )
         self.heads = nn.ModuleList(nn.Linear(hidden, n) for n in self.fields)
 
-    def _embed(self, notes: Tensor) -> Tensor:
-        """notes [B, T, 3] -> [B, T, 3 * embed]"""
-        return torch.cat([e(notes[..., i]) for i, e in enumerate(self.embs)], dim=-1)
+    def _embed(self, notes: Tensor, phase: Tensor | None = None) -> Tensor:
+        """notes [B, T, 3] (and their positions in the beat [B, T]) -> [B, T, 3 * embed]"""
+        x = torch.cat([e(notes[..., i]) for i, e in enumerate(self.embs)], dim=-1)
+        if self.beat:
+            x = x + self.phase_emb(notes[..., 1].cumsum(1) % self.beat if phase is None
+                                   else phase)
+        return x
 
-    def forward(self, notes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        y, _ = self.lstm(self.drop(self._embed(notes)))
+    def forward(self, notes: Tensor, phase: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        y, _ = self.lstm(self.drop(self._embed(notes, phase)))
         y = self.drop(y)
         return tuple(head(y) for head in self.heads)  # each [B, T, n_field]
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         notes, mask = batch["notes"], batch["mask"]
+        phase = batch.get("phase")
         target = mask[:, 1:]
         nll = 0
-        for i, logits in enumerate(self(notes[:, :-1])):
+        heads = self(notes[:, :-1], None if phase is None else phase[:, :-1])
+        for i, logits in enumerate(heads):
             ce = F.cross_entropy(logits.flatten(0, 1), notes[:, 1:, i].flatten(), reduction="none")
             nll = nll + (ce * target.flatten()).sum()
         return nll, target.sum()
 
-    def step(self, note: Tensor, h: Tensor, c: Tensor):
-        y, (h, c) = self.lstm(self._embed(note), (h, c))
+    def step(self, note: Tensor, h: Tensor, c: Tensor, *time: Tensor):
+        x = torch.cat([e(note[..., i]) for i, e in enumerate(self.embs)], dim=-1)
+        if self.beat:
+            t = time[0] + note[:, :, 1].to(time[0].dtype)  # [B, 1]
+            t = t - torch.floor(t / self.beat) * self.beat
+            x = x + self.phase_emb(t.long())
+        y, (h, c) = self.lstm(x, (h, c))
         y = y[:, -1]
-        return (*(head(y) for head in self.heads), h, c)
+        return (*(head(y) for head in self.heads), h, c) + ((t,) if self.beat else ())
 
     def export_spec(self):
         from export.onnx_export import ExportSpec
 
         shape = [self.layers, "B", self.hidden]
         zeros = torch.zeros(self.layers, 2, self.hidden)
+        state = [{"name": "h", "shape": shape}, {"name": "c", "shape": shape}]
+        time = (torch.zeros(2, 1),) if self.beat else ()
+        if self.beat:
+            state.append({"name": "time", "shape": ["B", 1]})
 
         def random_inputs(b, t, g):
             cols = [torch.randint(0, n, (b, t), generator=g) for n in self.fields]
@@ -87,10 +114,11 @@ class NoteLSTM(nn.Module):
                 torch.tensor([[[60, 0, 11]], [[62, 12, 5]]]) % torch.tensor(self.fields),
                 zeros,
                 zeros.clone(),
+                *time,
             ),
-            input_names=["note", "h", "c"],
-            output_names=[*HEADS, "h_out", "c_out"],
-            state=[{"name": "h", "shape": shape}, {"name": "c", "shape": shape}],
+            input_names=["note", *(s["name"] for s in state)],
+            output_names=[*HEADS, *(s["name"] + "_out" for s in state)],
+            state=state,
             random_inputs=random_inputs,
             sequence=lambda seq: dict(zip(HEADS, self(seq["note"]))),
         )
@@ -101,8 +129,8 @@ class _Step(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, note, h, c):
-        return self.model.step(note, h, c)
+    def forward(self, note, *state):
+        return self.model.step(note, *state)
 
 
 def build(family: str, rep, **model_args) -> NoteLSTM:
@@ -110,7 +138,8 @@ def build(family: str, rep, **model_args) -> NoteLSTM:
         raise ValueError(f"models.note_lstm builds {FAMILY!r} (received {family!r})")
     if not hasattr(rep, "fields") or not hasattr(rep, "offsets"):
         raise ValueError(f"note-lstm needs the notes representation (received {rep.name!r})")
-    return NoteLSTM(rep.fields, **model_args)
+    meter = model_args.pop("meter", True)
+    return NoteLSTM(rep.fields, meter=meter, steps_per_beat=rep.params.resolution, **model_args)
 
 
 def to_triples(tokens: np.ndarray, rep) -> np.ndarray:
@@ -121,4 +150,13 @@ def to_triples(tokens: np.ndarray, rep) -> np.ndarray:
 def batches(
     pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator, train: bool
 ) -> Iterator[dict[str, Tensor]]:
-    return sequence_batches([to_triples(p, rep) for p in pieces], cfg, rng, train, key="notes")
+    """Windows of note triples, each with its position in the beat counted from the piece's
+    start (a window's first note is rarely on the beat)."""
+    beat = rep.params.resolution
+    with_phase = []
+    for p in pieces:
+        t = to_triples(p, rep)
+        with_phase.append(np.concatenate([t, (np.cumsum(t[:, 1]) % beat)[:, None]], axis=1))
+    for b in sequence_batches(with_phase, cfg, rng, train, key="notes"):
+        both = b.pop("notes")
+        yield {"notes": both[..., :3], "phase": both[..., 3], **b}

@@ -33,7 +33,7 @@ class Stage:
         self.scheduler = Scheduler(lambda m: self.sent.append((self.now.ns, tuple(m))),
                                    now_ns=self.now, tolerance_ns=tolerance_ns)
         self.performer = Performer(preset, self.scheduler, self.clock, seed=seed,
-                                   use_gpu=False)
+                                   provider="cpu")
         self.inputs: list[tuple[int, tuple[int, ...]]] = []
 
     def at(self, beat: float) -> int:

@@ -135,12 +135,19 @@ if m.protocol == "token-step":  # grammar masks applied before sampling, as the 
         seq.append(tok)
         out, state = m.step({"token": np.array([[tok]], np.int64)}, state)
         logits = out["logits"][0]
-elif m.protocol == "note-step":
+elif m.protocol == "note-step":  # each field under the decoder's grammar, as NoteVoice
+    dec = rep.stream_decoder()
     x = {"note": np.array([[[60, 0, 3]]], np.int64)}
     for _ in range(20):
         out, state = m.step(x, state)
-        cls = [sample(out[k][0], rng, Sampling()) for k in m.outputs]
-        seq += [o + c for o, c in zip(rep.offsets, cls)]
+        cls = []
+        for k, off, n in zip(m.outputs, rep.offsets, rep.fields):
+            full = np.full(rep.vocab_size, -np.inf)
+            full[off:off + n] = out[k][0]
+            tok = sample(full, rng, Sampling(), mask=dec.allowed() & np.isfinite(full))
+            dec.feed(tok)
+            seq.append(tok)
+            cls.append(tok - off)
         x = {"note": np.array([[cls]], np.int64)}
 else:
     x = {"frame": np.zeros((1, rep.vocab_size), np.float32)}

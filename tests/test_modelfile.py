@@ -18,12 +18,15 @@ from companion.errors import ModelError
 from companion.representations import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
-V, H = 7, 4
+V, H = REGISTRY["events"]().vocab_size, 4
 
 
-def token_step_model(path: Path, meta: dict | None = None, **overrides) -> Path:
+def token_step_model(path: Path, meta: dict | None = None, width: int = V,
+                     **overrides) -> Path:
     """A tiny hand-built token-step graph (logits = h . W, h_out = h + 1, c_out = c) with
-    metadata as export writes it; `overrides` replace metadata values (None removes)."""
+    metadata as export writes it; `overrides` replace metadata values (None removes);
+    `width` is the logits width (the events vocabulary unless a test says otherwise)."""
+    V = width
     rep = REGISTRY["events"]()
     state_shape = [1, "B", H]
     w = helper.make_tensor("W", TensorProto.FLOAT, [H, V], np.ones(H * V, np.float32))
@@ -142,6 +145,27 @@ def test_bad_metadata(tmp_path, overrides, message):
     with pytest.raises(ModelError, match=message) as err:
         modelfile.load(path)
     assert str(err.value).startswith(str(path))
+
+
+def test_a_logits_width_that_is_not_the_vocabulary_fails_at_load(tmp_path):
+    """It used to load, and fail at the first answer with a numpy error."""
+    path = token_step_model(tmp_path / "wide.onnx", width=V + 3)
+    with pytest.raises(ModelError) as err:
+        modelfile.load(path)
+    text = str(err.value)
+    assert text.startswith(str(path)) and "\n" not in text
+    assert f"{V + 3} wide" in text and f"needs {V}" in text and "'logits'" in text
+
+
+def test_every_shipped_model_has_the_widths_of_its_vocabulary():
+    zoo = sorted((ROOT / "models" / "zoo").glob("*.onnx"))
+    if not zoo:
+        pytest.skip("no shipped models in models/zoo")
+    for path in zoo:
+        m = modelfile.load(path)
+        outs = {o.name: o.shape[-1] for o in m.session.get_outputs()}
+        for name, width in modelfile.output_widths(m.protocol, m.representation).items():
+            assert outs[name] == width, (path.name, name)
 
 
 def test_modelfile_needs_no_torch(tmp_path):

@@ -70,10 +70,25 @@ def test_continue_answers_after_the_phrase_on_the_next_beat(tmp_path, token_mode
     assert [n.pitch for n in player.notes] == [n.pitch for n in score.notes]
     assert answer.channel == 2 and answer.program == 73
     assert answer.notes, "the model answered nothing"
-    # The phrase ends at beat 4: the response starts on the next beat and lasts 2 bars.
+    # The phrase ends right on beat 4: the response starts there (no beat of silence that
+    # would put the answer off the phrase's bar) and lasts 2 bars.
     assert score.end == 4.0
-    assert all(5.0 - 1e-6 <= n.onset and n.end <= 5.0 + 8 + 1e-6 for n in answer.notes)
+    assert all(4.0 - 1e-6 <= n.onset and n.end <= 4.0 + 8 + 1e-6 for n in answer.notes)
     assert pairs_ok(out)
+    # A phrase that ends between beats is answered from the next beat.
+    late = Score.from_notes(phrase() + [Note(4.0, 72, 0.3, 90)])
+    answer = perform(preset, late, seed=1).tracks[1]
+    assert answer.notes and all(5.0 - 1e-6 <= n.onset for n in answer.notes)
+
+
+def test_answer_start_is_the_next_beat_or_bar_or_now_when_on_one():
+    from companion.modes.continuation import answer_start
+    from companion.presets import Timing
+
+    assert answer_start(4.0, Timing(start_on="beat")) == 4.0
+    assert answer_start(4.3, Timing(start_on="beat")) == 5.0
+    assert answer_start(4.3, Timing(start_on="bar", beats_per_bar=4)) == 8.0
+    assert answer_start(8.0, Timing(start_on="bar", beats_per_bar=4)) == 8.0
 
 
 def test_continue_is_deterministic_for_a_seed(tmp_path, token_model):

@@ -40,6 +40,8 @@ def test_minimal_preset_gets_defaults(tmp_path):
     ("colour = 3", "has unknown key 'colour'"),
     ("[controls]\ntemperature_range = [2, 1]", "temperature_range must be [low, high]"),
     ("[controls]\npanic_cc = 1", "temperature_cc and panic_cc are both CC 1"),
+    # mode_cc was validated and did nothing; it is gone, so a preset that sets it is told
+    ("[controls]\nmode_cc = 20", "[controls] has unknown key 'mode_cc'"),
 ])
 def test_bad_values_are_named(tmp_path, extra, fragment):
     path = write(tmp_path, BASE + "\n" + extra + "\n")

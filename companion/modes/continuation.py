@@ -185,5 +185,9 @@ class Continuation:
         return self.response is None and not self.phrase and not self.held
 
     def stop(self, beat: float) -> None:
+        """Stop, panic or an error: end the response and forget the phrase not answered yet
+        (after a Stop its beats are stale; after an error answering it would fail again)."""
         if self.response is not None:
             self.interrupt(beat)
+        self.phrase = []
+        self.held.clear()
