@@ -25,6 +25,14 @@ it, and restarts the within-frame LSTM from the new context. Both branches are c
 and selected with torch.where. From the zero state, feed END first: the frame LSTM then
 reads an empty frame, exactly as training prepends one. The Engine masks keys at or below
 the last key of the frame (outside the graph); the training loss applies the same mask.
+
+Learned initial state (`learn_init`, default true; checkpoints from before it load without
+it, as the zero-state models they were): the model keeps offsets `init_h`, `init_c` [L, 1, H],
+the frame LSTM's state before the first frame (the full-sequence forward starts there). The
+step protocol still starts every state at zeros: the graph reads its frame state as
+(h + init_h, c + init_c) and writes (h_new - init_h, c_new - init_c), so the all-zero state
+is the learned initial state and drivers need not know. Frame 0 is then predicted from a
+trained state, not from zeros (it costs most where pieces are short).
 """
 
 from __future__ import annotations
@@ -82,12 +90,19 @@ class RollNade(_FrameLoss, nn.Module):
 
     def __init__(self, keys: int = 88, hidden: int = 256, layers: int = 2,
                  dec_hidden: int = 128, dec_embed: int = 64, dropout: float = 0.3,
-                 local_kernel: int = 0, local_channels: int = 16):
+                 local_kernel: int = 0, local_channels: int = 16, learn_init: bool = True):
         super().__init__()
         self.model_args = dict(keys=keys, hidden=hidden, layers=layers, dec_hidden=dec_hidden,
                                dec_embed=dec_embed, dropout=dropout,
-                               local_kernel=local_kernel, local_channels=local_channels)
+                               local_kernel=local_kernel, local_channels=local_channels,
+                               learn_init=bool(learn_init))
         self.P, self.H, self.L, self.Hd = keys, hidden, layers, dec_hidden
+        self.learn_init = bool(learn_init)
+        if self.learn_init:  # the frame LSTM's initial state (h, c) per layer; zeros at first
+            # [L, 1, H]: the step graph adds them to its state [L, B, H] as they are, so
+            # they stay named initializers of the ONNX file (models/recover_checkpoint.py)
+            self.init_h = nn.Parameter(torch.zeros(layers, 1, hidden))
+            self.init_c = nn.Parameter(torch.zeros(layers, 1, hidden))
         self.frame_lstm = nn.LSTM(keys, hidden, layers, batch_first=True,
                                   dropout=dropout if layers > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
@@ -108,6 +123,25 @@ class RollNade(_FrameLoss, nn.Module):
                     nn.Conv1d(local_channels, 1, 1))
             else:  # linear: a learned bias per interval to each held and emitted key
                 self.local = nn.Conv1d(2, 1, local_kernel, padding=pad)
+
+    # ---- the learned initial state ----------------------------------------------------
+    def initial_state(self, batch: int) -> tuple[Tensor, Tensor] | None:
+        """The frame LSTM's initial (h, c) [L, batch, H]: the learned offsets, or None (zeros)
+        without `learn_init`."""
+        if not self.learn_init:
+            return None
+        return (self.init_h.expand(-1, batch, -1).contiguous(),
+                self.init_c.expand(-1, batch, -1).contiguous())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint from before `learn_init` (no offsets in its weights, no key in its
+        # model_args, so built here with the default) loads as the model it was: zero state.
+        if self.learn_init and prefix + "init_h" not in state_dict \
+                and prefix + "frame_lstm.weight_ih_l0" in state_dict:
+            del self.init_h, self.init_c
+            self.learn_init = False
+            self.model_args["learn_init"] = False
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---- shared pieces -----------------------------------------------------------------
     def _logits(self, d: Tensor, ctx: Tensor, prev: Tensor, acc: Tensor) -> Tensor:
@@ -133,7 +167,7 @@ class RollNade(_FrameLoss, nn.Module):
         """
         B, T, P = frames.shape
         prevs = torch.cat([frames.new_zeros(B, 1, P), frames[:, :-1]], dim=1)  # [B, T, P]
-        ctx, _ = self.frame_lstm(prevs)  # [B, T, H]; ctx[t] has read frames < t
+        ctx, _ = self.frame_lstm(prevs, self.initial_state(B))  # ctx[t]: read frames < t
         ctx = self.drop(ctx)
         ctx, prev, targets = ctx[valid], prevs[valid], tokens[valid]  # F rows
         inputs = torch.cat([targets.new_full((targets.shape[0], 1), P), targets[:, :-1]], 1)
@@ -177,7 +211,7 @@ class RollNade(_FrameLoss, nn.Module):
             for j, keys in enumerate(segs):
                 frames[j, keys] = 1
             prevs = torch.cat([torch.zeros(1, P), frames[:-1]])  # what segment j follows
-            ctx, _ = self.frame_lstm(prevs[None])  # segment j reads frames < j
+            ctx, _ = self.frame_lstm(prevs[None], self.initial_state(1))  # j: frames < j
             width = max(len(k) for k in segs) + 1
             inputs = torch.full((len(segs), width), P, dtype=torch.int64)
             for j, keys in enumerate(segs):
@@ -251,18 +285,23 @@ class NadeStep(nn.Module):
         end = (tok == m.P)[:, None]  # [B, 1]
         # END branch: the finished frame (acc) steps the frame LSTM
         x = acc
+        # with learn_init the state tensors hold the offset from the learned initial state
+        h_abs, c_abs = (h + m.init_h, c + m.init_c) if m.learn_init else (h, c)
         hs, cs = [], []
         for layer in range(m.L):
             w_ih = getattr(m.frame_lstm, f"weight_ih_l{layer}")
             w_hh = getattr(m.frame_lstm, f"weight_hh_l{layer}")
             b = (getattr(m.frame_lstm, f"bias_ih_l{layer}")
                  + getattr(m.frame_lstm, f"bias_hh_l{layer}"))
-            hl, cl = _lstm_cell(x, h[layer], c[layer], w_ih, w_hh, b)
-            hs.append(torch.where(end, hl, h[layer]))
-            cs.append(torch.where(end, cl, c[layer]))
+            hl, cl = _lstm_cell(x, h_abs[layer], c_abs[layer], w_ih, w_hh, b)
+            hs.append(torch.where(end, hl, h_abs[layer]))
+            cs.append(torch.where(end, cl, c_abs[layer]))
             x = hl
         h_new, c_new = torch.stack(hs), torch.stack(cs)
         ctx = h_new[-1]
+        if m.learn_init:  # written back as the offset; a key token's state passes exactly
+            h_new = torch.where(end, h_new - m.init_h, h)
+            c_new = torch.where(end, c_new - m.init_c, c)
         prev_new = torch.where(end, acc, prev)
         onehot = F.one_hot(tok, m.P + 1)[:, :m.P].to(acc.dtype)
         acc_new = torch.where(end, torch.zeros_like(acc), acc + onehot)
@@ -310,10 +349,13 @@ class RollNadeEnsemble(_FrameLoss, nn.Module):
     def __init__(self, members: list[dict]):
         super().__init__()
         self.members = nn.ModuleList(RollNade(**m) for m in members)
-        self.model_args = {"members": [dict(m.model_args) for m in self.members]}
         self.P = self.members[0].P
         if any(m.P != self.P for m in self.members):
             raise ValueError("ensemble members must have the same number of keys")
+
+    @property
+    def model_args(self) -> dict:  # read at save time: a member may have loaded old weights
+        return {"members": [dict(m.model_args) for m in self.members]}
 
     def raw_token_logits(self, frames, tokens, valid):
         outs = [m.raw_token_logits(frames, tokens, valid) for m in self.members]

@@ -5,6 +5,7 @@ keyboard, and the `nade-step` graph exports with parity (ORT = torch, step = ful
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -117,3 +118,86 @@ def test_export_parity_at_other_batch_sizes(tmp_path):
         assert report["parity"][batch]["ort_vs_torch"] <= 1e-4
         assert report["parity"][batch]["step_vs_full"] <= 1e-4
     assert report["metadata"]["protocol"] == "nade-step"
+
+
+def test_learned_initial_state_is_the_zero_state_of_the_step_graph():
+    """The state tensors carry the offset from the learned init: from the all-zero state the
+    step graph plays the frame LSTM started at (init_h, init_c), writes h - init_h, and a key
+    token passes that offset state through exactly."""
+    model = tiny(local_kernel=0)
+    with torch.no_grad():
+        model.init_h.normal_(0, 0.5)
+        model.init_c.normal_(0, 0.5)
+    step = rn.NadeStep(model)
+    with torch.no_grad():
+        logits, h, c, *_ = step(torch.tensor([[88]]), *step.zero_state(1))  # END from zeros
+        _, (h_ref, c_ref) = model.frame_lstm(torch.zeros(1, 1, 88), model.initial_state(1))
+        assert torch.allclose(h + model.init_h, h_ref, atol=1e-6)
+        assert torch.allclose(c + model.init_c, c_ref, atol=1e-6)
+        # the full-sequence forward starts from the same learned state
+        full = model.stream_logits(torch.tensor([[88]]))
+        assert torch.allclose(logits, full[:, 0], atol=1e-5)
+        # a zero-init model differs: the offsets are what frame 0 is predicted from
+        zero = tiny(local_kernel=0)
+        assert not torch.allclose(rn.NadeStep(zero)(torch.tensor([[88]]),
+                                                    *step.zero_state(1))[0], logits)
+        _, h2, c2, *_ = step(torch.tensor([[5]]), h, c, *step.zero_state(1)[2:])
+        assert torch.equal(h2, h) and torch.equal(c2, c)  # a key leaves the frame state
+
+
+def test_checkpoints_from_before_learn_init_load_as_before():
+    old = tiny(local_kernel=0)
+    sd = {k: v for k, v in old.state_dict().items() if not k.startswith("init_")}
+    args = {k: v for k, v in old.model_args.items() if k != "learn_init"}
+    model = rn.build(rn.FAMILY, None, **args)  # built with the default, then loaded
+    model.load_state_dict(sd)
+    assert not model.learn_init and model.model_args["learn_init"] is False
+    assert not any(n.startswith("init_") for n, _ in model.named_parameters())
+    ens = rn.build(rn.FAMILY, None, members=[args, {**args, "learn_init": True}])
+    ens.load_state_dict({**{f"members.0.{k}": v for k, v in sd.items()},
+                         **{f"members.1.{k}": v for k, v in old.state_dict().items()}})
+    assert [m["learn_init"] for m in ens.model_args["members"]] == [False, True]
+
+
+@pytest.mark.slow
+def test_learned_init_trains_and_exports_with_parity(tmp_path):
+    """A 2-member ensemble with learn_init trains a few steps scoring every frame (frame 0
+    from the learned state), moves its offsets, and exports with parity (ORT = torch,
+    step = full sequence) from the all-zero state."""
+    from companion import benchmarks
+    from export import export_checkpoint
+
+    members = [tiny(local_kernel=k, seed=i).model_args for i, k in enumerate((0, 3))]
+    torch.manual_seed(0)
+    model = rn.build(rn.FAMILY, None, members=members)
+    assert all(m.learn_init for m in model.members)
+    rng = np.random.default_rng(0)
+    pieces = [(rng.random((n, 88)) < 0.05).astype(np.uint8) for n in (9, 6, 12)]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(5):
+        batch = rn.collate(pieces)
+        batch["valid"][:, 0] = True  # frame 0 too: what the learned state is for
+        nll, n = model.loss(batch)
+        opt.zero_grad()
+        (nll / n).backward()
+        opt.step()
+    assert all(float(m.init_h.detach().abs().max()) > 0 for m in model.members)
+    ckpt = tmp_path / "ens.pt"
+    torch.save({"format": "midi-companion-checkpoint/1", "family": rn.FAMILY,
+                "model_args": model.model_args, "state_dict": model.state_dict(),
+                "representation": benchmarks.representation("jsb").to_dict(),
+                "corpus": {"name": "test"}, "metrics": {}}, ckpt)
+    report = export_checkpoint(ckpt, tmp_path / "ens.onnx", batch_sizes=(1, 3), steps=64,
+                               float16=True)
+    for batch in (1, 3):
+        assert report["parity"][batch]["ort_vs_torch"] <= 1e-4
+        assert report["parity"][batch]["step_vs_full"] <= 1e-4
+    args = json.loads(report["metadata"]["model_args"])
+    assert [m["learn_init"] for m in args["members"]] == [True, True]
+    # and the file gives its weights back (models/recover_checkpoint.py), 2-layer cells too
+    from models import recover_checkpoint
+
+    back = recover_checkpoint.recover(tmp_path / "ens.onnx")
+    assert back["model_args"] == args
+    assert recover_checkpoint.check(back, tmp_path / "ens.onnx", pieces=2) <= 1e-4
