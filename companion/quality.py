@@ -2,8 +2,9 @@
 first-order Markov floor, written to docs/QUALITY.md.
 
 For each preset, prompts are pieces of its model's own held-out test split (the ids in the
-model file's metadata), played through the same offline path as `companion continue` /
-`companion accompany` (companion.offline.perform), several seeds each:
+model file's metadata; `--pieces` of them, evenly spaced over the split), played through
+the same offline path as `companion continue` / `companion accompany`
+(companion.offline.perform), several seeds each:
 
 - continue presets: the prompt is the first `PROMPT_BARS` bars; the real continuation is
   what the piece plays over the same beats as the answer. Measured per answer: onsets on
@@ -66,6 +67,14 @@ def split_scores(model) -> dict[str, list[Score]]:
     out["test"] = [by_id[i] for i in ids["test"] if i in by_id]
     out["train"] = [sc for i, sc in by_id.items() if i not in held]
     return out
+
+
+def spread(items: list, n: int) -> list:
+    """`n` items evenly spaced over the list (a split is ordered by source: the first `n`
+    would all come from one collection)."""
+    if n >= len(items):
+        return list(items)
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round()]
 
 
 def _cut(notes, start: float, end: float) -> list[Note]:
@@ -249,7 +258,7 @@ def measure(preset_name: str, pieces: int, seeds: int, picture: Path | None = No
     preset = presets.load(preset_name)
     model = load(preset.model)
     data = split_scores(model)
-    test = data["test"][:pieces]
+    test = spread(data["test"], pieces)
     seed_list = list(range(seeds))
     if preset.mode == "continue":
         runs = continuation_runs(preset, test, seed_list)

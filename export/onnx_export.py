@@ -23,9 +23,6 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import import_module
 from pathlib import Path
 
 import numpy as np
@@ -35,142 +32,16 @@ from torch import nn
 from companion import modelfile
 from companion.errors import CompanionError, ModelError
 from companion.modelfile import PROTOCOL_IO
+from models.checkpoint import build_model, count_parameters, load_checkpoint
+from models.export_spec import ExportSpec
 
 FORMAT = modelfile.FORMAT
-CHECKPOINT_FORMAT = "midi-companion-checkpoint/1"
 
 
 class ParityError(CompanionError, RuntimeError):
     """An exported graph whose outputs differ from torch's: a bug, never a user error."""
 
 
-@dataclass
-class ExportSpec:
-    """What the exporter needs from a family (see docs/ARCHITECTURE.md, "Family modules").
-
-    ``module(*inputs) -> outputs``: ONE step; inputs are the step input(s) (``token``,
-    ``note``, ``frame``...) followed by the state tensors, outputs the protocol's outputs
-    followed by ``X_out`` for each state tensor ``X``, in ``state`` order.
-    ``example_inputs``: tensors at batch 2 (never 0 or 1: the exporter specializes those).
-    ``dynamic_axes``: input name -> {axis: "B"}; None = step inputs on axis 0, state on the
-    axis its shape marks "B" (the only dynamic axis a step protocol has).
-    ``state``: ``{"name", "shape"}`` per state tensor (float32), "B" marking the batch axis;
-    the initial state is zeros.
-
-    For the parity check (required by ``export_checkpoint``):
-    ``random_inputs(batch, steps, generator)``: valid step inputs for a rollout, keyed by the
-    step input names, with a time axis at 1 (a ``token`` step [B, 1] comes from [B, T], a
-    ``frame`` step [B, P] from [B, T, P]).
-    ``sequence(inputs)``: the full-sequence forward on those: protocol output name ->
-    tensor with the time axis at 1, which the step-by-step outputs must equal.
-    """
-
-    module: nn.Module
-    example_inputs: tuple[torch.Tensor, ...]
-    input_names: list[str]
-    output_names: list[str]
-    state: list[dict]
-    dynamic_axes: dict[str, dict[int, str]] | None = None
-    random_inputs: Callable[[int, int, torch.Generator], dict[str, torch.Tensor]] | None = None
-    sequence: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
-
-    def __post_init__(self):
-        self.state = [{"name": s["name"], "shape": list(s["shape"])} for s in self.state]
-        names = [s["name"] for s in self.state]
-        n_step = len(self.input_names) - len(names)
-        if n_step < 1 or list(self.input_names[n_step:]) != names:
-            raise ValueError(
-                f"ExportSpec: inputs {self.input_names} must be the step "
-                f"input(s) followed by the state {names}"
-            )
-        outs = [n + "_out" for n in names]
-        if (
-            len(self.output_names) <= len(outs)
-            or list(self.output_names[-len(outs) :] if outs else []) != outs
-        ):
-            raise ValueError(
-                f"ExportSpec: outputs {self.output_names} must be the protocol "
-                f"output(s) followed by {outs}"
-            )
-        if len(self.example_inputs) != len(self.input_names):
-            raise ValueError("ExportSpec: one example input per input name")
-        if self.dynamic_axes is None:
-            self.dynamic_axes = {n: {0: "B"} for n in self.step_inputs}
-            self.dynamic_axes.update({s["name"]: {s["shape"].index("B"): "B"} for s in self.state})
-        for name, x in zip(self.input_names, self.example_inputs):
-            for axis in self.dynamic_axes.get(name, {}):
-                if x.shape[axis] in (0, 1):
-                    raise ValueError(
-                        f"ExportSpec: example {name!r} has size {x.shape[axis]} "
-                        f"on dynamic axis {axis}; the exporter would bake it in"
-                    )
-
-    @property
-    def step_inputs(self) -> list[str]:
-        return list(self.input_names[: len(self.input_names) - len(self.state)])
-
-    @property
-    def outputs(self) -> list[str]:
-        """The protocol outputs (without the state outputs)."""
-        return list(self.output_names[: len(self.output_names) - len(self.state)])
-
-    def initial_state(self, batch: int) -> dict[str, torch.Tensor]:
-        return {
-            s["name"]: torch.zeros([batch if d == "B" else d for d in s["shape"]])
-            for s in self.state
-        }
-
-    def step_slice(self, seq: dict[str, torch.Tensor], t: int) -> dict[str, torch.Tensor]:
-        """The step inputs at time t of a sequence from ``random_inputs``."""
-        out = {}
-        for name, example in zip(self.input_names, self.example_inputs):
-            if name in self.step_inputs:
-                x = seq[name]
-                out[name] = x[:, t : t + 1] if x.dim() == example.dim() else x[:, t]
-        return out
-
-
-# ---- checkpoints ---------------------------------------------------------------------------
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A training checkpoint as a dict; ModelError naming the file if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds for a foreign or truncated file
-        raise ModelError(
-            f"{path}: not a readable checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''})"
-        ) from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ModelError(
-            f"{path}: not a midi-companion checkpoint (format "
-            f"{ckpt.get('format') if isinstance(ckpt, dict) else None!r}, "
-            f"expected {CHECKPOINT_FORMAT!r})"
-        )
-    return ckpt
-
-
-def build_model(ckpt: dict) -> nn.Module:
-    """Rebuild the family's model from a checkpoint (weights loaded, eval mode, CPU)."""
-    from companion import representations
-    from models import FAMILY_MODULES
-
-    family = ckpt["family"]
-    if family not in FAMILY_MODULES:
-        raise ModelError(f"unknown family {family!r}; known: {sorted(FAMILY_MODULES)}")
-    rep = representations.from_dict(ckpt["representation"])
-    model = import_module(FAMILY_MODULES[family]).build(family, rep, **ckpt["model_args"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-# ---- export ---------------------------------------------------------------------------------
 def export_onnx(spec: ExportSpec, out_path: str | os.PathLike) -> None:
     """Export the step module with a dynamic batch axis (dynamo exporter, one file)."""
     dims: dict[str, torch.export.Dim] = {}

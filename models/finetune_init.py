@@ -22,8 +22,8 @@ import time
 import numpy as np
 import torch
 
-from export.onnx_export import build_model, load_checkpoint
 from models import roll_nade as rn
+from models.checkpoint import build_model, load_checkpoint
 
 
 def with_learned_init(ckpt: dict) -> dict:

@@ -57,7 +57,7 @@ class TokenModel(nn.Module):
         return (nll * target).sum(), target.sum()
 
     def export_spec(self):
-        from export.onnx_export import ExportSpec
+        from models.export_spec import ExportSpec
 
         state = self.state_spec()
         zeros = [torch.zeros([2 if d == "B" else d for d in s["shape"]]) for s in state]

@@ -213,7 +213,7 @@ class MultitrackLSTM(nn.Module):
                     [{"name": "beat_pos", "shape": ["B", 1]}] if self.beat else [])
 
     def export_spec(self):
-        from export.onnx_export import ExportSpec
+        from models.export_spec import ExportSpec
 
         step = MultitrackStep(self)
         example = (torch.tensor([[self.BEGIN], [3]], dtype=torch.int64),) + step.zero_state(2)
@@ -348,24 +348,14 @@ def collate(rolls: list[np.ndarray], starts: list[int] | None = None) -> dict[st
             "valid": torch.from_numpy(valid), "phase": phase}
 
 
-def shift_keys(roll: np.ndarray, shift: int) -> np.ndarray:
-    out = np.zeros_like(roll)
-    P = roll.shape[-1]
-    if shift >= 0:
-        out[..., shift:] = roll[..., :P - shift]
-    else:
-        out[..., :shift] = roll[..., -shift:]
-    return out
-
-
 def batches(pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator,
             train: bool) -> Iterator[dict[str, Tensor]]:
-    """Training: shuffled windows of `seq_len` steps, each transposed by a random shift in
-    `transpose = [lo, hi]` that keeps every note in range. Evaluation: whole pieces."""
+    """Training: shuffled windows of `seq_len` steps (transposition is the loop's: `[data]
+    augment`), each with its first step's index in its piece. Evaluation: whole pieces."""
     bs = int(cfg.get("batch_size", 16))
     if not train:
         order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
-        budget = int(cfg.get("eval_frames", 8192))
+        budget = 8192  # steps per eval batch
         group: list[np.ndarray] = []
         for i in order:
             if group and len(pieces[i]) * (len(group) + 1) > budget:
@@ -376,7 +366,6 @@ def batches(pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator,
             yield collate(group)
         return
     seq_len = int(cfg.get("seq_len", 0))
-    lo, hi = cfg.get("transpose", [0, 0])
     windows = []
     for p in pieces:
         p = np.asarray(p)
@@ -390,14 +379,5 @@ def batches(pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator,
     order = rng.permutation(len(windows))
     windows = [windows[j] for j in order]
     for i in range(0, len(windows), bs):
-        group, starts = [], []
-        for w, start in windows[i:i + bs]:
-            starts.append(start)
-            if hi > lo:
-                keys = np.nonzero(w.any((0, 1)))[0]
-                if len(keys):
-                    s_lo = max(lo, -int(keys[0]))
-                    s_hi = min(hi, w.shape[-1] - 1 - int(keys[-1]))
-                    w = shift_keys(w, int(rng.integers(s_lo, s_hi + 1)))
-            group.append(w)
-        yield collate(group, starts)
+        chunk = windows[i:i + bs]
+        yield collate([w for w, _ in chunk], [start for _, start in chunk])

@@ -95,7 +95,7 @@ class NoteLSTM(nn.Module):
         return (*(head(y) for head in self.heads), h, c) + ((t,) if self.beat else ())
 
     def export_spec(self):
-        from export.onnx_export import ExportSpec
+        from models.export_spec import ExportSpec
 
         shape = [self.layers, "B", self.hidden]
         zeros = torch.zeros(self.layers, 2, self.hidden)

@@ -59,7 +59,7 @@ class RollLSTM(nn.Module):
         return self.head(y[:, -1]), h, c
 
     def export_spec(self):
-        from export.onnx_export import ExportSpec
+        from models.export_spec import ExportSpec
 
         shape = [self.layers, "B", self.hidden]
         zeros = torch.zeros(self.layers, 2, self.hidden)

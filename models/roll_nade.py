@@ -100,7 +100,7 @@ class RollNade(_FrameLoss, nn.Module):
         self.learn_init = bool(learn_init)
         if self.learn_init:  # the frame LSTM's initial state (h, c) per layer; zeros at first
             # [L, 1, H]: the step graph adds them to its state [L, B, H] as they are, so
-            # they stay named initializers of the ONNX file (models/recover_checkpoint.py)
+            # they stay named initializers of the ONNX file (export/recover_checkpoint.py)
             self.init_h = nn.Parameter(torch.zeros(layers, 1, hidden))
             self.init_c = nn.Parameter(torch.zeros(layers, 1, hidden))
         self.frame_lstm = nn.LSTM(keys, hidden, layers, batch_first=True,
@@ -317,7 +317,7 @@ class NadeStep(nn.Module):
 def _export_spec(model, step: nn.Module):
     """The nade-step graph of `model` (single or ensemble): one token in, logits and the
     state tensors out; parity against the model's full-sequence `stream_logits`."""
-    from export.onnx_export import ExportSpec
+    from models.export_spec import ExportSpec
 
     example = (torch.tensor([[model.P], [3]], dtype=torch.int64),) + step.zero_state(2)
     names = [s["name"] for s in model.state_spec()]
@@ -454,24 +454,15 @@ def collate(rolls: list[np.ndarray]) -> dict[str, Tensor]:
             "valid": torch.from_numpy(valid)}
 
 
-def transpose(roll: np.ndarray, shift: int) -> np.ndarray:
-    out = np.zeros_like(roll)
-    if shift >= 0:
-        out[:, shift:] = roll[:, :roll.shape[1] - shift]
-    else:
-        out[:, :shift] = roll[:, -shift:]
-    return out
-
-
 def batches(pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator,
             train: bool) -> Iterator[dict[str, Tensor]]:
-    """Training: shuffled windows of `seq_len` frames (whole pieces when 0), each transposed
-    by a random shift in `transpose = [lo, hi]` that keeps every note on the keyboard.
-    Evaluation: whole pieces (the metric needs each piece's full context), by length."""
+    """Training: shuffled windows of `seq_len` frames (whole pieces when 0); transposition
+    is the loop's (`[data] augment`). Evaluation: whole pieces (the metric needs each
+    piece's full context), by length."""
     bs = int(cfg.get("batch_size", 32))
     if not train:
         order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
-        budget = int(cfg.get("eval_frames", 16384))  # frames per eval batch
+        budget = 16384  # frames per eval batch
         group: list[np.ndarray] = []
         for i in order:
             if group and len(pieces[i]) * (len(group) + 1) > budget:
@@ -482,7 +473,6 @@ def batches(pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator,
             yield collate(group)
         return
     seq_len = int(cfg.get("seq_len", 0))
-    lo, hi = cfg.get("transpose", [0, 0])
     windows = []
     for p in pieces:
         p = np.asarray(p)
@@ -496,15 +486,7 @@ def batches(pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator,
         else:
             windows.append(p)
     for group in _buckets(windows, bs, rng):
-        group = list(group)
-        for j, w in enumerate(group):
-            if hi > lo:
-                keys = np.nonzero(w.any(0))[0]
-                if len(keys):
-                    s_lo = max(lo, -int(keys[0]))
-                    s_hi = min(hi, w.shape[1] - 1 - int(keys[-1]))
-                    group[j] = transpose(w, int(rng.integers(s_lo, s_hi + 1)))
-        yield collate(group)
+        yield collate(list(group))
 
 
 def _buckets(windows: list, bs: int, rng: np.random.Generator) -> list[list]:

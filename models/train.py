@@ -45,8 +45,8 @@ import torch.distributed as dist
 from torch import nn
 
 from companion.errors import ConfigError, RepresentationError
-from export.onnx_export import CHECKPOINT_FORMAT
 from models import FAMILY_MODULES, data
+from models.checkpoint import CHECKPOINT_FORMAT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -586,7 +586,7 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
 
 def _ensemble(cfg, config_path, resume, dev, rank, world, progress) -> dict:
     """Train a member per seed, then combine, evaluate and save the ensemble as best.pt."""
-    from export.onnx_export import load_checkpoint
+    from models.checkpoint import load_checkpoint
 
     tr = cfg["train"]
     out = Path(tr["out"])

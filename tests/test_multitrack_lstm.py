@@ -73,21 +73,6 @@ def test_loss_equals_the_step_protocol_token_by_token():
     assert math.isclose(float(nll), total, rel_tol=1e-5)
 
 
-def test_training_windows_transpose_all_rows_together():
-    rng = np.random.default_rng(0)
-    roll = np.zeros((30, 2, 20), np.uint8)
-    roll[:, 0, 10] = 1
-    roll[:, 1, 6] = 1
-    cfg = {"batch_size": 2, "seq_len": 8, "transpose": [-3, 3]}
-    seen = 0
-    for batch in mt.batches([roll], None, cfg, rng, train=True):
-        f = batch["frames"][batch["valid"]]
-        lead, acc = f[:, 0].argmax(-1), f[:, 1].argmax(-1)
-        assert (lead - acc == 4).all()
-        seen += len(f)
-    assert seen == 30
-
-
 @pytest.mark.slow
 def test_export_parity_at_other_batch_sizes(tmp_path):
     from export import export_checkpoint

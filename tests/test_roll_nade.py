@@ -87,21 +87,6 @@ def test_loss_equals_the_step_protocol_token_by_token(kind):
     assert math.isclose(float(nll), total, rel_tol=1e-5)
 
 
-def test_training_batches_transpose_within_the_keyboard():
-    rng = np.random.default_rng(0)
-    roll = np.zeros((40, 88), np.uint8)
-    roll[:, [0, 5]] = 1  # the lowest key: no shift below 0 fits
-    cfg = {"batch_size": 4, "seq_len": 16, "transpose": [-6, 5]}
-    frames = 0
-    for batch in rn.batches([roll], None, cfg, rng, train=True):
-        counts = batch["frames"].sum(-1)  # [B, T] keys per frame; 0 = padding
-        assert ((counts == 0) | (counts == 2)).all()  # no note fell off the keyboard
-        n = int((counts > 0).sum())
-        assert int(batch["valid"].sum()) == n - len(counts)  # each window's first: context
-        frames += n
-    assert frames == 40  # windows cover the piece once
-
-
 @pytest.mark.slow
 def test_export_parity_at_other_batch_sizes(tmp_path):
     from companion import benchmarks
@@ -195,8 +180,8 @@ def test_learned_init_trains_and_exports_with_parity(tmp_path):
         assert report["parity"][batch]["step_vs_full"] <= 1e-4
     args = json.loads(report["metadata"]["model_args"])
     assert [m["learn_init"] for m in args["members"]] == [True, True]
-    # and the file gives its weights back (models/recover_checkpoint.py), 2-layer cells too
-    from models import recover_checkpoint
+    # and the file gives its weights back (export/recover_checkpoint.py), 2-layer cells too
+    from export import recover_checkpoint
 
     back = recover_checkpoint.recover(tmp_path / "ens.onnx")
     assert back["model_args"] == args

@@ -19,7 +19,7 @@ pieces of the benchmark the file was trained on when its metadata names one
 (``benchmark:<set>``), else random ones. The checkpoint gets the file's metadata (corpus,
 metrics, training) and ``recovered_from``.
 
-    python -m models.recover_checkpoint models/zoo/bench-jsb.onnx -o /tmp/bench-jsb.pt
+    python -m export.recover_checkpoint models/zoo/bench-jsb.onnx -o /tmp/bench-jsb.pt
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.onnx_export import CHECKPOINT_FORMAT, ort_session
+from export.onnx_export import ort_session
 from models import roll_nade as rn
+from models.checkpoint import CHECKPOINT_FORMAT
 
 
 def _initializers(graph) -> dict[str, np.ndarray]:
@@ -187,7 +188,7 @@ def _streams(ckpt: dict, pieces: int, seed: int = 0) -> list[np.ndarray]:
 
 def check(ckpt: dict, onnx_path: str | Path, pieces: int = 4) -> float:
     """Largest |torch - onnxruntime| over the raw logits of a few streams."""
-    from export.onnx_export import build_model
+    from models.checkpoint import build_model
 
     model = build_model(ckpt)
     spec = model.export_spec()
