@@ -33,6 +33,7 @@ import numpy as np
 
 from companion import metrics
 from companion.markov import TokenMarkov, VoiceMarkov
+from companion.modes.continuation import encode_phrase
 from companion.score import Note, Score, Track
 
 PROMPT_BARS = 4
@@ -126,13 +127,7 @@ def markov_continuations(runs: list[Run], rep, train: list[Score], preset, seed:
     beats = preset.timing.bars * preset.timing.beats_per_bar
     answers = []
     for run in runs:
-        enc = rep.stream_encoder()
-        events = sorted([(n.onset, 1, n.pitch, n.velocity) for n in run.prompt]
-                        + [(n.end, 0, n.pitch, 0) for n in run.prompt])
-        toks: list = []
-        for beat, on, pitch, vel in events:
-            toks += enc.note_on(beat, pitch, vel) if on else enc.note_off(beat, pitch)
-        toks += enc.advance(run.start)
+        toks = encode_phrase(rep, run.prompt, 0.0, run.start)
         notes = chain.generate(toks, rep, beats, rng)
         answers.append([replace(n, onset=n.onset + run.start) for n in notes])
     return answers

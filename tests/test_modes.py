@@ -189,3 +189,19 @@ def test_offline_output_keeps_the_players_parts_and_channels(tmp_path, token_mod
     assert by_ch[9].is_drum and len(by_ch[9].notes) == 4
     assert by_ch[5].name == "bass" and by_ch[5].program == 33
     assert by_ch[2].name == "answer" and by_ch[2].notes
+
+
+def test_a_phrase_released_a_hair_after_the_beat_is_encoded_up_to_that_beat():
+    """Float time: a release at 4.0000000003 snaps the answer to beat 4 (answer_start), and
+    the phrase's encoding reads the release at the beat (an encoder's times never go back:
+    it raised 'stream times must not decrease' when the report cut prompts at bar lines)."""
+    from companion.modes.continuation import answer_start, encode_phrase
+    from companion.presets import Timing
+    from companion.representations import REGISTRY
+
+    rep = REGISTRY["events"](resolution=12, max_shift=24, velocity_bins=1)
+    notes = [Note(3.5, 67, 0.5 + 3e-10, 90)]
+    start = answer_start(notes[0].end, Timing(start_on="beat"))
+    assert start == 4.0
+    clean = [Note(3.5, 67, 0.5, 90)]
+    assert encode_phrase(rep, notes, 0.0, start) == encode_phrase(rep, clean, 0.0, start)

@@ -28,6 +28,18 @@ def answer_start(now: float, timing) -> float:
     return math.ceil(now / unit - 1e-6) * unit
 
 
+def encode_phrase(rep, notes: list[Note], origin: float, start: float) -> list:
+    """The tokens of a phrase, times from `origin`, then the silence up to `start`. An event
+    past `start` (a release a hair after the beat the answer snapped to) is read at it."""
+    enc = rep.stream_encoder()
+    events = sorted([(min(n.onset, start) - origin, 1, n.pitch, n.velocity) for n in notes]
+                    + [(min(n.end, start) - origin, 0, n.pitch, 0) for n in notes])
+    tokens: list = []
+    for beat, is_on, pitch, vel in events:
+        tokens += enc.note_on(beat, pitch, vel) if is_on else enc.note_off(beat, pitch)
+    return tokens + enc.advance(start - origin)
+
+
 class Response:
     """One answer being generated: decoder state, its place in time, notes left open."""
 
@@ -144,7 +156,7 @@ class Continuation:
         first = max(n.onset for n in self.phrase) - CONTEXT_BARS * bpb
         notes = [n for n in self.phrase if n.onset >= first]
         origin = math.floor(min(n.onset for n in notes) / bpb) * bpb
-        tokens = self._encode(notes, origin, start)
+        tokens = encode_phrase(self.rep, notes, origin, start)
         decoder = self.rep.stream_decoder(0.0)
         self.voice.reset()
         for tok in tokens:
@@ -168,16 +180,6 @@ class Continuation:
         return rules.EventsRules(self.rep, low, high, key, self.preset.sampling.key_strength,
                                  self.scale_lock, rules.phrase_grid(notes,
                                                                     self.rep.steps_per_beat))
-
-    def _encode(self, notes: list[Note], origin: float, start: float) -> list:
-        enc = self.rep.stream_encoder()
-        events = sorted([(n.onset - origin, 1, n.pitch, n.velocity) for n in notes]
-                        + [(n.end - origin, 0, n.pitch, 0) for n in notes])
-        tokens: list = []
-        for beat, is_on, pitch, vel in events:
-            tokens += enc.note_on(beat, pitch, vel) if is_on else enc.note_off(beat, pitch)
-        tokens += enc.advance(start - origin)
-        return tokens
 
     @property
     def idle(self) -> bool:
