@@ -246,7 +246,8 @@ def _bench_args(p):
     p.add_argument("--zoo", metavar="DIR", help="where the models are (default: models/zoo)")
     p.add_argument("--only", nargs="+", choices=["floor", "harmonize", "timing", "session",
                                                  "startup", "engine"],
-                   help="run only these measurements")
+                   help="run only these measurements, merged into the report there (the "
+                        "others kept); engine alone starts no JACK server")
     _provider_arg(p)
     p.add_argument("--markdown", default="docs/BENCHMARKS.md", metavar="FILE.md")
     p.add_argument("--json", default="docs/benchmarks.json", metavar="FILE.json")

@@ -149,10 +149,6 @@ class Daemon:
                     self._drain(TICK_S)
                     self._check_system()
                     self.performer.tick(self.now_ns())
-                    pc = self.performer.counters.program_change
-                    if pc is not None:
-                        self.performer.counters.program_change = None
-                        self.switch(pc)
                 except MidiSystemGone:
                     raise
                 except Exception as err:  # one hiccup drops one response, not the set
@@ -178,7 +174,9 @@ class Daemon:
             t_ns, msg = item
             if self.recorder is not None:
                 self.recorder.player(self.clock.beat_at(t_ns), msg)
-            self.performer.handle(t_ns, msg)
+            asked = self.performer.handle(t_ns, msg)
+            if asked is not None:  # Program Change: what follows goes to the new preset
+                self.switch(asked.index)
             try:
                 item = self.inp.queue.get_nowait()
             except queue.Empty:
@@ -267,8 +265,8 @@ class Daemon:
             "provider": ",".join(self.performer.providers),
             "bpm": round(self.clock.bpm, 1), "clock": self.clock_kind,
             "mode": self.preset.mode, "preset": self.preset.name,
-            "notes_in": self.performer.counters.notes_in,
-            "notes_out": sum(o.notes_out for o in self._outputs()),
+            "notes_in": self.performer.notes_in,
+            "notes_out": sum(o.notes_out for o in self.performer.outputs),
             "infer_p50_ms": round(p50, 2), "infer_p99_ms": round(p99, 2),
             "late_dropped": stats["late_dropped"],
             "send_errors": stats["send_errors"], "errors": self.errors,
@@ -296,9 +294,6 @@ class Daemon:
         lead = "\n" if self._status_drawn else ""
         print(f"{lead}midi-companion: {text}", file=self.status_stream, flush=True)
         self._status_drawn = False
-
-    def _outputs(self):
-        return getattr(self.performer, "outputs", [self.performer.output])
 
     def event(self, kind: str, **fields) -> None:
         if self.log_json:

@@ -139,10 +139,3 @@ class Engine:
 
     def restore(self, snap: dict[str, np.ndarray]) -> None:
         self.state = dict(snap)
-
-    def latency_ms(self) -> tuple[float, float]:
-        """p50 and p99 of recent step times, in milliseconds."""
-        if not self.step_ms:
-            return (0.0, 0.0)
-        a = np.asarray(self.step_ms)
-        return float(np.percentile(a, 50)), float(np.percentile(a, 99))

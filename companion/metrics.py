@@ -55,12 +55,18 @@ def _onsets(notes: Notes) -> np.ndarray:
     return np.array([n.onset for n in notes], dtype=np.float64)
 
 
-def grid_share(notes: Notes, grid: float = 0.25, tol: float = 1e-3) -> float:
-    """Share of onsets within `tol` beats of a multiple of `grid` beats; nan for no notes."""
+def grid_share(notes: Notes, grid: float | Sequence[float] = 0.25, tol: float = 1e-3
+               ) -> float:
+    """Share of onsets within `tol` beats of a multiple of `grid` beats (of any of several
+    grids, e.g. (0.25, 1/3): 16ths or eighth triplets); nan for no notes."""
     onsets = _onsets(notes)
     if onsets.size == 0:
         return math.nan
-    return float(np.mean(_on_grid(onsets, grid, tol)))
+    grids = [grid] if isinstance(grid, (int, float)) else list(grid)
+    on = np.zeros(onsets.shape, dtype=bool)
+    for g in grids:
+        on |= _on_grid(onsets, g, tol)
+    return float(np.mean(on))
 
 
 def beat_phase_histogram(notes: Notes, divisions: int = 4, tol: float = 1e-3) -> np.ndarray:

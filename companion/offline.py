@@ -131,9 +131,8 @@ def place_parts(parts: list[Track], generated: list[int], source: str) -> list[T
 
 
 def _result(score, parts, performer, clock, sent) -> Score:
-    outs = getattr(performer, "outputs", [performer.output])
     tracks_by_ch = {}
-    for out in outs:
+    for out in performer.outputs:
         for t in out.tracks:
             tracks_by_ch[t.channel - 1] = Track(name=t.name, program=t.program,
                                                 channel=t.channel - 1)

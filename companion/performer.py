@@ -12,20 +12,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from companion import modes
 from companion.clock import SONG_POSITION, SONG_START, SONG_STOP, InternalClock, MidiClock
-from companion.modelfile import load as load_model
-from companion.modes.continuation import Continuation
-from companion.output import Output
 from companion.presets import Preset
+from companion.stats import percentiles
 
 SUSTAIN_CC = 64
 RELOCATING = (SONG_STOP, SONG_START, SONG_POSITION)  # transport messages that end the music
 
 
-@dataclass
-class Counters:
-    notes_in: int = 0
-    program_change: int | None = None  # a Program Change asked for preset N (0-based)
+@dataclass(frozen=True)
+class SwitchPreset:
+    """What `Performer.handle` returns for a Program Change: the player asks for the
+    `index`-th preset (0-based); the daemon switches, an offline caller may ignore it."""
+
+    index: int
 
 
 class Performer:
@@ -36,50 +37,26 @@ class Performer:
         self.preset = preset
         self.scheduler = scheduler
         self.clock = clock
-        self.rng = np.random.default_rng(seed)
-        self.counters = Counters()
-        self.temperature = preset.sampling.temperature
-        self.mode = self._build_mode(provider)
-        self.lookahead_beats = 0.0
+        self.notes_in = 0
+        built = modes.build(preset, scheduler, clock, np.random.default_rng(seed), provider)
+        self.mode, self.outputs, self.engines = built.mode, built.outputs, built.engines
         self._sustain = False
 
-    # ---- building ----------------------------------------------------------------------
-    def _build_mode(self, provider: str):
-        p = self.preset
-        if p.mode == "continue":
-            from companion.voices import voice_for
-
-            model = load_model(p.model)
-            voice = voice_for(model, provider=provider)
-            voice.warm_up(self.rng)
-            self.providers = [voice.engine.provider]
-            self.engines = [voice.engine]
-            tracks = p.tracks or _default_tracks(model)
-            self.output = Output(self.scheduler, self.clock, tracks)
-            return Continuation(voice, p, self.output, self.rng)
-        from companion.modes.accompaniment import build_accompany_mode
-
-        mode, outputs, engines = build_accompany_mode(p, self.scheduler, self.clock, self.rng,
-                                                      provider)
-        self.output = outputs[0]
-        self.outputs = outputs
-        self.engines = engines
-        self.providers = sorted({e.provider for e in engines})
-        return mode
-
     @property
-    def channels(self) -> list[int]:
-        return sorted({ch for ch in self.output.channels})
+    def providers(self) -> list[str]:
+        """The execution providers the engines run on (Engine.provider), once each."""
+        return sorted({e.provider for e in self.engines})
 
     def start_messages(self) -> list[tuple[int, ...]]:
         """All notes off on the channels we use, then each track's Program Change."""
-        outs = getattr(self, "outputs", [self.output])
-        msgs = [(0xB0 | ch, 123, 0) for o in outs for ch in o.channels]
-        return msgs + [m for o in outs for m in o.program_changes()]
+        msgs = [(0xB0 | ch, 123, 0) for o in self.outputs for ch in o.channels]
+        return msgs + [m for o in self.outputs for m in o.program_changes()]
 
     # ---- input -------------------------------------------------------------------------
-    def handle(self, t_ns: int, msg) -> None:
-        """One message stamped on arrival: transport, notes, controls.
+    def handle(self, t_ns: int, msg) -> SwitchPreset | None:
+        """One message stamped on arrival: transport, notes, controls. A Program Change
+        (when the preset's [controls] allow it) returns SwitchPreset for the caller to act
+        on; everything else returns None.
 
         Program Change and the controls act whether the clock runs or not (a preset chosen,
         or panic pressed, before the DAW's play); notes and the controls that need a beat
@@ -92,27 +69,25 @@ class Performer:
                 # generating, and would resume it (or wait for its old position) after Start.
                 self.stop_sound(t_ns)
             self.clock.feed(msg, t_ns)
-            return
+            return None
         if status >= 0xF0 or len(msg) < 2:
-            return
+            return None
         ch = status & 0x0F
         if self.preset.input_channel and ch != self.preset.input_channel - 1:
-            return
+            return None
         kind = status & 0xF0
         if kind == 0xC0:
-            if self.preset.controls.program_change:
-                self.counters.program_change = msg[1]
-            return
+            return SwitchPreset(msg[1]) if self.preset.controls.program_change else None
         if len(msg) < 3:  # a note or a control change cut short
-            return
+            return None
         if kind == 0xB0:
             self._control(t_ns, msg[1], msg[2])
-            return
+            return None
         if not self.clock.running:
-            return
+            return None
         beat = self.clock.beat_at(t_ns)
         if kind == 0x90 and msg[2] > 0:
-            self.counters.notes_in += 1
+            self.notes_in += 1
             self.mode.note_on(beat, msg[1], msg[2])
         elif kind == 0x80 or kind == 0x90:
             self.mode.note_off(beat, msg[1])
@@ -123,7 +98,7 @@ class Performer:
             self.stop_sound(t_ns)
         elif cc == c.temperature_cc and cc:
             lo, hi = c.temperature_range
-            self.set_temperature(lo + (hi - lo) * value / 127.0)
+            self.mode.set_temperature(lo + (hi - lo) * value / 127.0)
         elif cc == c.scale_lock_cc and cc:
             self.mode.set_scale_lock(value >= 64)
         elif cc == c.trigger_cc and cc and value >= 64:
@@ -141,10 +116,6 @@ class Performer:
     def end_input(self, beat: float) -> None:
         """The player is done (the end of an input file): answer now."""
         self.mode.end_phrase(beat)
-
-    def set_temperature(self, t: float) -> None:
-        self.temperature = t
-        self.mode.set_temperature(t)
 
     # ---- time --------------------------------------------------------------------------
     def tick(self, now_ns: int) -> None:
@@ -177,17 +148,9 @@ class Performer:
         return sorted({e.provider_note for e in self.engines if e.provider_note})
 
     def inference_ms(self) -> tuple[float, float]:
-        all_ms = [ms for e in self.engines for ms in e.step_ms]
-        if not all_ms:
-            return (0.0, 0.0)
-        a = np.asarray(all_ms)
-        return float(np.percentile(a, 50)), float(np.percentile(a, 99))
-
-
-def _default_tracks(model):
-    from companion.presets import TrackOut
-
-    return [TrackOut(name=model.family, channel=1, program=0)]
+        """p50 and p99 of the engines' recent step times (ms); zeros before any step."""
+        return percentiles([ms for e in self.engines for ms in e.step_ms], 50, 99,
+                           default=0.0)
 
 
 def make_clock(kind: str, bpm: float, beats_per_bar: int, now_ns=None):

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from companion.ledger import NoteLedger, note_kind, note_off
+from companion.stats import percentiles
 
 Message = Sequence[int]
 
@@ -112,21 +113,19 @@ class SchedulerStats:
 
     def percentile(self, q: float) -> int:
         """The q-th percentile (0-100, nearest rank) of recent lateness; 0 when none."""
-        values = sorted(self.lateness_ns)
-        if not values:
-            return 0
-        return values[min(len(values) - 1, max(0, round(q / 100 * len(values)) - 1))]
+        return percentiles(self.lateness_ns, q)[0]
 
     def summary(self) -> dict[str, float | int]:
         """Counters and lateness p50/p99/max in ms, for the status line and benchmarks."""
+        p50, p99 = percentiles(self.lateness_ns, 50, 99)
         return {
             "sent": self.sent,
             "late_dropped": self.late_dropped,
             "offs_skipped": self.offs_skipped,
             "cancelled": self.cancelled,
             "send_errors": self.send_errors,
-            "lateness_p50_ms": self.percentile(50) / 1e6,
-            "lateness_p99_ms": self.percentile(99) / 1e6,
+            "lateness_p50_ms": p50 / 1e6,
+            "lateness_p99_ms": p99 / 1e6,
             "lateness_max_ms": max(self.lateness_ns, default=0) / 1e6,
         }
 

@@ -6,7 +6,7 @@ Any test module in tests/ can use it (the fixture is registered in tests/conftes
     def test_something(jack_server):
         out = open_output(backend="jack")  # talks to the private server
 
-The fixture starts `jackd -S --no-realtime -d dummy -r 48000 -p 64` (companion.bench's
+The fixture starts `jackd -S --no-realtime -d dummy -r 48000 -p 64` (companion.jack_harness's
 JackServer: with -S a late client on a loaded machine delays a cycle instead of losing its
 MIDI) under a unique JACK_DEFAULT_SERVER name, points this process and its children at it,
 waits until a client can connect, yields a JackServer, then stops it and restores the
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from companion.bench import JackServer as _Jackd
 from companion.errors import CompanionError
+from companion.jack_harness import JackServer as _Jackd
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """End to end, the way a musician uses it: the daemon runs as its own process, started as a
 user starts it (`python -m companion run PRESET --backend jack --quiet ...`), on a private JACK
 server (tests/jack_server.py); this process plays into the daemon's input port and listens to
-its output port as two python-rtmidi JACK clients (companion.bench.Keyboard / Listener).
+its output port as two python-rtmidi JACK clients (companion.jack_harness.Keyboard / Listener).
 
 Times are perf_counter_ns stamps (the system's monotonic clock, shared with the daemon): the
 keyboard stamps what it sends, the listener what arrives. With the internal clock the
@@ -29,7 +29,7 @@ import mido
 import pytest
 
 from companion import presets
-from companion.bench import (
+from companion.jack_harness import (
     DaemonProcess,
     Keyboard,
     Listener,
@@ -117,7 +117,7 @@ def chorale_model(jack_server, tmp_path_factory):
 
 
 def make_preset(tmp_path: Path, base: str, models: dict[str, Path], **changes) -> Path:
-    """The shipped preset `base` with these models and changes (see bench.preset_copy)."""
+    """The shipped preset `base` with these models and changes (see jack_harness.preset_copy)."""
     return preset_copy(base, tmp_path / f"{base}-e2e.toml", models=models, **changes)
 
 

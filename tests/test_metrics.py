@@ -333,3 +333,11 @@ def test_tonal_centroid_and_distance():
     assert m.tonal_distance(c_then_c, c_then_g) == pytest.approx(cg / 2)
     assert m.tonal_distance(c_then_c, c_then_c) == pytest.approx(0)
     assert math.isnan(m.tonal_distance([Note(0, C4, 4)], [Note(4, C4, 4)]))
+
+
+def test_grid_share_on_16ths_or_triplets():
+    triplets = [Note(i / 3, 60, 1 / 3) for i in range(6)]
+    assert m.grid_share(triplets, 0.25) == pytest.approx(2 / 6)  # beats 0 and 1 only
+    assert m.grid_share(triplets, (0.25, 1 / 3)) == 1.0
+    mixed = triplets + [Note(2.25, 62, 0.25), Note(2.1, 64, 0.1)]
+    assert m.grid_share(mixed, (0.25, 1 / 3)) == pytest.approx(7 / 8)

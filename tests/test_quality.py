@@ -37,6 +37,7 @@ def test_report_measures_the_chorale_against_bach_and_keeps_the_notes(tmp_path, 
 
 def test_targets_say_which_are_missed():
     row = {"in_key": 0.97, "grid_min": 1.0, "grid_mean": 1.0, "runs_under_99": 0,
+           "player_grid_min": 1.0, "player_runs_under_99": 0,
            "runs": 3, "out_of_range": 1, "length_l1": 0.2,
            "yang_lerch": {"pitch_count": 0.9, "avg_ioi": 0.5}}
     markov = dict(row, yang_lerch={"pitch_count": 0.5, "avg_ioi": 0.6})

@@ -27,7 +27,7 @@ from companion.clock import MidiClock
 from companion.daemon import Daemon
 from companion.errors import ModelError, ProviderError
 from companion.offline import VirtualTime
-from companion.performer import Performer
+from companion.performer import Performer, SwitchPreset
 from companion.ports import OutputPort, loopback_pair
 from companion.scheduler import Scheduler
 
@@ -85,17 +85,18 @@ def test_program_change_and_controls_act_while_the_daws_clock_is_stopped():
     sched.schedule(0, (0x90, 60, 90))  # a note the synth holds (say, from before Stop)
     sched.run_pending(0)
 
-    performer.handle(1, (0xC0, 2))
-    assert performer.counters.program_change == 2, "Program Change ignored while stopped"
+    asked = performer.handle(1, (0xC0, 2))
+    assert asked == SwitchPreset(2), "Program Change ignored while stopped"
     lo, hi = performer.preset.controls.temperature_range
     performer.handle(2, (0xB0, 1, 127))
-    assert performer.temperature == pytest.approx(hi), "the mod wheel ignored while stopped"
+    assert performer.mode.sampling.temperature == pytest.approx(hi), (
+        "the mod wheel ignored while stopped")
     sent.clear()
     performer.handle(3, (0xB0, 123, 0))  # panic
     assert (0x80, 60, 0) in sent and (0xB0, 123, 0) in sent, f"panic ignored: {sent}"
     performer.handle(4, (0x90, 64, 90))  # notes still wait for the DAW's Start
     performer.handle(5, (0xB0, 7))  # a control change cut short is ignored, not a crash
-    assert performer.counters.notes_in == 0
+    assert performer.notes_in == 0
     sched.stop()
 
 
@@ -282,7 +283,7 @@ def test_sends_that_start_failing_are_told_once_and_so_is_their_recovery():
         time.sleep(0.3)
         out.broken = False
         live.play(72, 0.3)
-        time.sleep(0.2)
+        time.sleep(1.2)  # after a beat of rest the voices end: their note-offs are sends
     finally:
         live.stop()
     assert live.failure is None, f"the daemon died: {live.failure!r}"
@@ -481,8 +482,8 @@ def reclaim(name: str) -> None:
     slots, in /dev/shm until reboot) stays taken, and after 8 such kills no server starts
     ("Too many servers already active"). A server started under the same name reclaims the
     slot; stopping it frees it. Then the files the dead clients left go too."""
-    from companion.bench import JackServer
     from companion.errors import CompanionError
+    from companion.jack_harness import JackServer
 
     again = JackServer(prefix="reclaim")
     again.name = name
@@ -500,7 +501,7 @@ def reclaim(name: str) -> None:
 @needs_zoo
 def test_the_jack_server_dying_ends_the_daemon_within_2_s_with_its_recording(jack_server,
                                                                              tmp_path):
-    from companion.bench import DaemonProcess, JackServer
+    from companion.jack_harness import DaemonProcess, JackServer
     from companion.recorder import FLUSH_EVERY_S
 
     record = tmp_path / "take.mid"

@@ -207,23 +207,3 @@ class Jam:
     @property
     def idle(self):
         return self.acc.idle and self.solo.idle
-
-
-def build_accompany_mode(preset, scheduler, clock, rng, provider: str = "auto"):
-    """The accompany or jam mode of `preset`: (mode, outputs, engines)."""
-    from companion.modelfile import load as load_model
-    from companion.voices import accompanist_for, voice_for
-
-    model = load_model(preset.model)
-    acc = accompanist_for(model, preset, provider=provider)
-    acc.warm_up(rng)
-    out = Output(scheduler, clock, preset.tracks)
-    mode = Accompaniment(acc, preset, out, rng)
-    if preset.mode != "jam":
-        return mode, [out], [acc.engine]
-    solo_model = load_model(preset.solo_model)
-    solo_voice = voice_for(solo_model, provider=provider)
-    solo_voice.warm_up(rng)
-    solo_out = Output(scheduler, clock, preset.solo_tracks)
-    solo = Continuation(solo_voice, preset, solo_out, rng)
-    return Jam(mode, solo), [out, solo_out], [acc.engine, solo_voice.engine]
