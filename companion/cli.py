@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TRAINING_MODULES = {"torch", "onnx", "onnxscript", "music21", "tqdm"}  # the `train` extra
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"companion: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if args.debug or (err.name or "").split(".")[0] not in TRAINING_MODULES:
+            raise
+        print(f"companion: error: `companion {args.command}` needs the training extra "
+              f"({err.name} is not installed): pip install -c constraints.txt "
+              f"'midi-companion[train]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -129,8 +129,13 @@ def markov_continuations(runs: list[Run], rep, train: list[Score], preset, seed:
     answers = []
     for run in runs:
         toks = encode_phrase(rep, run.prompt, 0.0, run.start)
-        notes = chain.generate(toks, rep, beats, rng)
-        answers.append([replace(n, onset=n.onset + run.start) for n in notes])
+        dec = rep.stream_decoder(0.0)
+        for tok in toks:
+            dec.feed(tok)
+        end = dec.position  # the context may end short of the start, as the model's does
+        notes = chain.generate(toks, rep, run.start + beats - end, rng)
+        answers.append([replace(n, onset=n.onset + end) for n in notes
+                        if n.onset + end >= run.start - 1e-9])
     return answers
 
 

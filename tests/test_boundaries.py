@@ -22,3 +22,20 @@ def test_runtime_modules_import_with_torch_blocked():
             "print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_training_command_without_the_training_extra_is_one_sentence_exit_2():
+    """Without torch, `companion train` says which extra to install (no traceback)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from companion.cli import main\n"
+            "sys.exit(main(['train', 'models/configs/tiny-lstm.toml']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=root, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "needs the training extra (torch is not installed)" in r.stderr

@@ -205,3 +205,19 @@ def test_a_phrase_released_a_hair_after_the_beat_is_encoded_up_to_that_beat():
     assert start == 4.0
     clean = [Note(3.5, 67, 0.5, 90)]
     assert encode_phrase(rep, notes, 0.0, start) == encode_phrase(rep, clean, 0.0, start)
+
+
+def test_an_answer_keeps_the_players_beat_after_a_phrase_that_ends_on_a_triplet():
+    """The context can end short of the answer's start (a partial time shift is written
+    only before an event); the answer must not be moved by that remainder, or every onset
+    lands a third of a beat off the player's grid (the beat-loss the quality report found)."""
+    from companion import metrics, presets
+
+    notes = ([Note(i * 0.5, p, 0.5, 90) for i, p in enumerate([67, 69, 71, 72, 74, 72, 71, 69])]
+             + [Note(4 + i / 3, p, 1 / 3, 90) for i, p in enumerate([67, 71, 74])]
+             + [Note(5.0, 72, 2 / 3, 90)])
+    for seed in range(3):
+        answer = perform(presets.load("folk"), Score.from_notes(notes), seed=seed).tracks[-1]
+        assert answer.notes
+        assert min(n.onset for n in answer.notes) >= 6.0 - 1e-9  # the next beat after 5.67
+        assert metrics.grid_share(answer.notes, (0.25, 1 / 3)) == 1.0

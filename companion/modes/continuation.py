@@ -69,7 +69,7 @@ class Response:
     def _place(self, ev: NoteEvent, out: list[NoteEvent]) -> None:
         beat = ev.beat + self.shift
         if ev.velocity > 0:
-            if beat >= self.end or ev.pitch in self.open:
+            if not self.start <= beat < self.end or ev.pitch in self.open:
                 return
             self.open.add(ev.pitch)
             out.append(NoteEvent(beat, ev.pitch, ev.velocity, self.track))
@@ -162,8 +162,11 @@ class Continuation:
         for tok in tokens:
             self.voice.feed(tok)
             decoder.feed(tok)
-        # Where the context's encoding cannot hold the silence up to the start, shift.
-        shift = origin + max(0.0, (start - origin) - decoder.position)
+        # The model's time is the player's, from the bar line `origin`: never shifted, or the
+        # model would place its beat where the player's is not (the encoder writes a partial
+        # time shift only before an event, so the context may end short of `start`; what the
+        # model plays before `start` is not heard).
+        shift = origin
         end = start + self.timing.bars * bpb
         self.response = Response(self.voice, self.rep, start, end, shift, decoder, self.track,
                                  self._rules(notes))
