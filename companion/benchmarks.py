@@ -27,6 +27,7 @@ from companion.representations.pianoroll import PianoRoll
 from companion.score import Note, Score, Track
 
 ENV = "MIDI_COMPANION_DATA"
+PREFIX = "benchmark:"  # a corpus spec names a benchmark source as "benchmark:<name>"
 FILES = {
     "jsb": "jsb-chorales-quarter.json",
     "jsb-16th": "jsb-chorales-16th.json",
@@ -92,10 +93,30 @@ def load(name: str) -> dict[str, list[np.ndarray]]:
 
 def as_scores(name: str, split: str) -> list[Score]:
     """One split of a benchmark as Scores (one track; velocity 80; repeated notes merged)."""
-    if split not in SPLITS:
-        raise DataError(f"benchmarks: split must be one of {list(SPLITS)} (received {split!r})")
+    _checked_split(split)
     rep = representation(name)
     return [rep.decode(roll) for roll in load(name)[split]]
+
+
+def parse_corpus(spec: str) -> tuple[list[str], str]:
+    """A corpus spec (sources joined by '+') -> the names of its benchmark sources
+    (``benchmark:<name>``, in order) and its other sources joined by '+' again (for
+    models.corpora; '' when there are none)."""
+    parts = [p.strip() for p in spec.split("+")]
+    names = [p[len(PREFIX):] for p in parts if p.startswith(PREFIX)]
+    return names, "+".join(p for p in parts if not p.startswith(PREFIX))
+
+
+def source_pieces(name: str, split: str) -> list[tuple[str, Score]]:
+    """One published split of the corpus source ``benchmark:<name>`` as (piece id, Score):
+    ``jsb-satb`` is the four-voice JSB (load_satb), any other name a benchmark (as_scores);
+    ids are ``benchmark:<name>/<split>/<index>``, as checkpoints and model files record them."""
+    if name == "jsb-satb":
+        _checked_split(split)
+        scores = [_satb_score(steps) for steps in load_satb_arrays()[split]]
+    else:
+        scores = as_scores(name, split)
+    return [(f"{PREFIX}{name}/{split}/{i}", score) for i, score in enumerate(scores)]
 
 
 def load_satb_arrays() -> dict[str, list[np.ndarray]]:
@@ -112,6 +133,11 @@ def load_satb() -> dict[str, list[Score]]:
         split: [_satb_score(steps) for steps in pieces]
         for split, pieces in load_satb_arrays().items()
     }
+
+
+def _checked_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"benchmarks: split must be one of {list(SPLITS)} (received {split!r})")
 
 
 def _checked(name: str) -> str:

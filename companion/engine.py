@@ -91,38 +91,35 @@ def open_session(model, provider: str = "auto", threads: int = 1):
 
 
 class Engine:
-    """Steps one ONNX step-protocol graph, keeping its state between calls.
+    """Steps one ONNX step-protocol graph, keeping its state between calls: the one way a
+    model file is stepped (the voices live, `companion eval` offline, B pieces side by side).
 
-    ``state_spec`` lists {"name", "shape"} with "B" for the batch axis and 0 for an axis that
-    starts empty (a KV cache's time axis). Output ``X_out`` feeds input ``X`` on the next step.
+    The state is the model file's ``state`` (``StateSpec``: name, shape with "B" for the batch
+    axis), zeros at the start of a piece. Output ``X_out`` feeds input ``X`` on the next step.
     """
 
-    def __init__(self, model, batch: int = 1, provider: str = "auto"):
+    def __init__(self, model, batch: int = 1, provider: str = "auto", threads: int = 1):
         """`model` is a checked companion.modelfile.ModelFile (state names match the graph);
-        `provider` as open_session takes it."""
+        `provider` and `threads` as open_session takes them."""
         self.model = model
-        self.session, self.provider_note = open_session(model, provider)
+        self.session, self.provider_note = open_session(model, provider, threads)
         self.provider = self.session.get_providers()[0]
         self.conflict = _wheel_conflict()
         self.batch = batch
-        self.state_spec = model.state_spec
         self._outputs = [o.name for o in self.session.get_outputs()]
         self.state: dict[str, np.ndarray] = {}
         self.step_ms: list[float] = []
         self.reset()
 
     def reset(self, batch: int | None = None) -> None:
-        """Zero state (the start of a piece)."""
+        """Zero state (the start of a piece), for `batch` pieces side by side if given."""
         if batch is not None:
             self.batch = batch
-        self.state = {
-            s["name"]: np.zeros([self.batch if d == "B" else int(d) for d in s["shape"]],
-                                dtype=np.float32)
-            for s in self.state_spec
-        }
+        self.state = {s.name: s.zeros(self.batch) for s in self.model.state}
 
     def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one step with `feeds` plus the current state; advance the state."""
+        """Run one step with `feeds` (the step inputs) plus the current state; advance the
+        state. Returns every output by name: the protocol's, then ``X_out`` per state."""
         t0 = time.perf_counter_ns()
         outs = self.session.run(self._outputs, {**feeds, **self.state})
         result = dict(zip(self._outputs, outs))

@@ -9,7 +9,8 @@
   t >= 1 come, as the model trains, from the zero state reading frame 0 first). The figure
   over frames t >= 1 only (TCN's code; our training loss) comes second, `nll_after_first`.
   Protocols: `nade-step` (exact frame probability: the product of the frame's key tokens
-  in ascending order and its end token, under the mask the Engine applies) and
+  in ascending order and its end token, under the mask the voices sample under,
+  companion.sampling.ascending_mask) and
   `frame-step` (per-key Bernoulli: the sum of the keys' log-probabilities).
 - `--split valid|test`: NLL on the model's own held-out split, rebuilt from the `corpus`
   metadata (the corpus spec and the ids of the held-out pieces) and encoded with the
@@ -22,8 +23,8 @@
   the training loss counts the latter, except for `multitrack-step`, whose loss counts
   every step.
 
-Pieces are rolled out side by side along the batch axis, each at its own position; a piece
-that has ended keeps being fed padding whose outputs are ignored.
+Pieces are rolled out side by side along the batch axis of one Engine (the live path's), each
+at its own position; a piece that has ended keeps being fed padding whose outputs are ignored.
 """
 
 from __future__ import annotations
@@ -35,23 +36,9 @@ from typing import NamedTuple
 import numpy as np
 
 from companion.errors import DataError, ModelError
+from companion.sampling import ascending_mask, log_softmax
 
 BENCHMARKS = ("jsb", "nottingham", "musedata", "piano-midi")
-BENCHMARK_PREFIX = "benchmark:"
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
-def _mask_keys(logits: np.ndarray, fed: np.ndarray, keys: int) -> np.ndarray:
-    """The Engine's nade mask: keys at or below the key just fed (if it was a key)."""
-    last = np.where(fed < keys, fed, -1)
-    logits = logits.copy()
-    logits[:, :keys][np.arange(keys)[None, :] <= last[:, None]] = -np.inf
-    return logits
 
 
 def _pad_streams(streams: list[np.ndarray], pad: int) -> np.ndarray:
@@ -61,10 +48,11 @@ def _pad_streams(streams: list[np.ndarray], pad: int) -> np.ndarray:
     return out
 
 
-def _token_rollout(model, streams: list[np.ndarray], groups: list[np.ndarray], pad: int,
-                   mask_keys: int | None = None) -> np.ndarray:
+def _token_rollout(engine, streams: list[np.ndarray], groups: list[np.ndarray], pad: int,
+                   ascending: bool = False) -> np.ndarray:
     """Summed NLL [2] of stream[i + 1] after feeding stream[..i], per group of the unit that
-    token belongs to: 0 = the piece's first unit, 1 = a later one (-1: not scored).
+    token belongs to: 0 = the piece's first unit, 1 = a later one (-1: not scored); with
+    `ascending`, under the keys-ascending mask (nade-step, multitrack-step).
 
     streams: int token streams; groups[j] an int array of len(streams[j]) - 1."""
     toks = _pad_streams(streams, pad)
@@ -72,14 +60,13 @@ def _token_rollout(model, streams: list[np.ndarray], groups: list[np.ndarray], p
     group = np.full((B, max(n - 1, 0)), -1, dtype=np.int64)
     for i, g in enumerate(groups):
         group[i, :len(g)] = g
-    state = model.initial_state(B)
-    name = model.inputs[0]
+    engine.reset(B)
+    name, out = engine.model.inputs[0], engine.model.outputs[0]
     total = np.zeros(2)
     for i in range(n - 1):
-        outs, state = model.step({name: toks[:, i:i + 1]}, state)
-        logits = outs[model.outputs[0]]
-        if mask_keys is not None:
-            logits = _mask_keys(logits, toks[:, i], mask_keys)
+        logits = engine.step({name: toks[:, i:i + 1]})[out]
+        if ascending:
+            logits = np.where(ascending_mask(toks[:, i], logits.shape[-1]), logits, -np.inf)
         rows = np.nonzero(group[:, i] >= 0)[0]
         if len(rows):
             lp = log_softmax(logits[rows])[np.arange(len(rows)), toks[rows, i + 1]]
@@ -110,15 +97,15 @@ def nade_stream(roll: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return toks, frame_of_next[:-1]
 
 
-def _nade(model, rolls):
+def _nade(engine, rolls):
     P = rolls[0].shape[1]
     pairs = [nade_stream(r) for r in rolls]
-    nll = _token_rollout(model, [t for t, _ in pairs], [np.minimum(f, 1) for _, f in pairs],
-                         P, P)
+    nll = _token_rollout(engine, [t for t, _ in pairs], [np.minimum(f, 1) for _, f in pairs],
+                         P, ascending=True)
     return nll, _first_and_rest(len(r) for r in rolls)
 
 
-def _frame(model, rolls):
+def _frame(engine, rolls):
     """Frame 0 from one step on the all-zero frame from the zero state; frames t >= 1 as the
     model trains, from the zero state reading frames 0 .. t-1."""
     B, T = len(rolls), max(len(r) for r in rolls)
@@ -126,19 +113,19 @@ def _frame(model, rolls):
     for i, r in enumerate(rolls):
         x[i, :len(r)] = r
     lengths = np.array([len(r) for r in rolls])
-    name = model.inputs[0]
+    name = engine.model.inputs[0]
     total = np.zeros(2)
 
     def nll_of(outs, target):
-        z = outs[model.outputs[0]].astype(np.float64)
+        z = outs[engine.model.outputs[0]].astype(np.float64)
         s = np.where(target > 0, z, -z)  # log sigmoid(s) = log p(observed state)
         return np.logaddexp(0.0, -s).sum(1)
 
-    outs, _ = model.step({name: np.zeros_like(x[:, 0])}, model.initial_state(B))
-    total[0] = float(nll_of(outs, x[:, 0]).sum())
-    state = model.initial_state(B)
+    engine.reset(B)
+    total[0] = float(nll_of(engine.step({name: np.zeros_like(x[:, 0])}), x[:, 0]).sum())
+    engine.reset(B)
     for t in range(T - 1):
-        outs, state = model.step({name: x[:, t]}, state)
+        outs = engine.step({name: x[:, t]})
         total[1] += float(nll_of(outs, x[:, t + 1])[lengths > t + 1].sum())
     return total, _first_and_rest(lengths)
 
@@ -163,36 +150,36 @@ def multitrack_stream(roll: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return toks, flags[1:]
 
 
-def _multitrack(model, rolls):
+def _multitrack(engine, rolls):
     P = rolls[0].shape[2]
     pairs = [multitrack_stream(r) for r in rolls]
     groups = []
     for toks, scored in pairs:
         step_of_next = np.cumsum(toks == P + 1)[1:] - 1
         groups.append(np.where(scored, np.minimum(step_of_next, 1), -1))
-    nll = _token_rollout(model, [t for t, _ in pairs], groups, P + 1, P)
+    nll = _token_rollout(engine, [t for t, _ in pairs], groups, P + 1, ascending=True)
     return nll, _first_and_rest(len(r) for r in rolls)
 
 
-def _token(model, pieces):
+def _token(engine, pieces):
     streams = [np.asarray(p, dtype=np.int64) for p in pieces]
-    nll = _token_rollout(model, streams, [np.ones(len(s) - 1, np.int64) for s in streams], 0)
+    nll = _token_rollout(engine, streams, [np.ones(len(s) - 1, np.int64) for s in streams], 0)
     return nll, np.array([0, sum(len(s) - 1 for s in streams)])
 
 
-def _note(model, pieces):
+def _note(engine, pieces):
     """pieces: class triples [N, 3] (pitch, step, duration; `note_triples`)."""
     B, T = len(pieces), max(len(p) for p in pieces)
     x = np.zeros((B, T, 3), dtype=np.int64)
     for i, p in enumerate(pieces):
         x[i, :len(p)] = p
     lengths = np.array([len(p) for p in pieces])
-    state = model.initial_state(B)
+    engine.reset(B)
     total = 0.0
     for t in range(T - 1):
-        outs, state = model.step({model.inputs[0]: x[:, t:t + 1]}, state)
+        outs = engine.step({engine.model.inputs[0]: x[:, t:t + 1]})
         rows = np.nonzero(lengths > t + 1)[0]
-        for head, name in enumerate(model.outputs):
+        for head, name in enumerate(engine.model.outputs):
             lp = log_softmax(outs[name][rows])
             total -= float(lp[np.arange(len(rows)), x[rows, t + 1, head]].sum())
     return np.array([0.0, total]), np.array([0, int((lengths - 1).sum())])
@@ -225,8 +212,10 @@ class Totals(NamedTuple):
     units_after_first: int
 
 
-def nll(model, pieces: list, batch: int = 64) -> Totals:
-    """The summed NLLs and units of encoded pieces under a loaded model file."""
+def nll(engine, pieces: list, batch: int = 64) -> Totals:
+    """The summed NLLs and units of encoded pieces under a model file's Engine (its batch is
+    set to each group of pieces rolled out together)."""
+    model = engine.model
     if model.protocol not in _PROTOCOLS:
         raise ModelError(f"{model.path}: protocol {model.protocol!r} has no likelihood here; "
                          f"known: {sorted(_PROTOCOLS)}")
@@ -237,7 +226,7 @@ def nll(model, pieces: list, batch: int = 64) -> Totals:
     order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
     total, units = np.zeros(2), np.zeros(2, dtype=np.int64)
     for s in range(0, len(order), batch):
-        n, u = fn(model, [pieces[i] for i in order[s:s + batch]])
+        n, u = fn(engine, [pieces[i] for i in order[s:s + batch]])
         total += n
         units += u
     return Totals(float(total.sum()), int(units.sum()), float(total[1]), int(units[1]))
@@ -266,15 +255,11 @@ def _check_width(model, rolls) -> None:
 
 
 def _load(path, threads: int, provider: str):
-    """The model file with its session on `provider` (companion.engine.open_session)."""
-    from dataclasses import replace
-
+    """The model file's Engine on `provider` (companion.engine.open_session)."""
     from companion import modelfile
-    from companion.engine import open_session
+    from companion.engine import Engine
 
-    model = modelfile.load(path, threads)
-    session, _ = open_session(model, provider, threads)
-    return replace(model, session=session)
+    return Engine(modelfile.load(path, threads), provider=provider, threads=threads)
 
 
 def evaluate_benchmark(path, benchmark: str, batch: int = 64, threads: int = 1,
@@ -284,11 +269,11 @@ def evaluate_benchmark(path, benchmark: str, batch: int = 64, threads: int = 1,
 
     if benchmark not in BENCHMARKS:
         raise DataError(f"unknown benchmark {benchmark!r}; known: {list(BENCHMARKS)}")
-    model = _load(path, threads, provider)
+    engine = _load(path, threads, provider)
     rolls = benchmarks.load(benchmark)["test"]
-    _check_width(model, rolls)
-    return _result(nll(model, rolls, batch), "frame", set=f"{benchmark}/test",
-                   model=str(path), protocol=model.protocol)
+    _check_width(engine.model, rolls)
+    return _result(nll(engine, rolls, batch), "frame", set=f"{benchmark}/test",
+                   model=str(path), protocol=engine.model.protocol)
 
 
 def held_out_scores(corpus: dict, split: str) -> list:
@@ -298,22 +283,15 @@ def held_out_scores(corpus: dict, split: str) -> list:
     if not spec or ids is None:
         raise DataError(f"the model's corpus metadata names no {split} pieces (it needs "
                         f"'name' and 'ids'; received keys {sorted(corpus)})")
-    found: dict[str, object] = {}
-    parts = [p.strip() for p in spec.split("+")]
-    wanted = set(ids)
-    for part in parts:
-        if not part.startswith(BENCHMARK_PREFIX):
-            continue
-        name = part[len(BENCHMARK_PREFIX):]
-        from companion import benchmarks
+    from companion import benchmarks
 
-        pieces = (benchmarks.load_satb()[split] if name == "jsb-satb"
-                  else benchmarks.as_scores(name, split))
-        for i, score in enumerate(pieces):
-            key = f"{part}/{split}/{i}"
+    found: dict[str, object] = {}
+    wanted = set(ids)
+    names, other = benchmarks.parse_corpus(spec)
+    for name in names:
+        for key, score in benchmarks.source_pieces(name, split):
             if key in wanted:
                 found[key] = score
-    other = "+".join(p for p in parts if not p.startswith(BENCHMARK_PREFIX))
     if other and len(found) < len(wanted):
         try:
             from models.corpora import load_corpus
@@ -333,7 +311,8 @@ def held_out_scores(corpus: dict, split: str) -> list:
 def evaluate_split(path, split: str = "test", batch: int = 64, threads: int = 1,
                    provider: str = "auto") -> dict:
     """NLL on the model's own held-out split, per unit of its training loss."""
-    model = _load(path, threads, provider)
+    engine = _load(path, threads, provider)
+    model = engine.model
     if model.protocol not in _PROTOCOLS:
         raise ModelError(f"{path}: protocol {model.protocol!r} has no likelihood here")
     rep = model.representation
@@ -349,7 +328,7 @@ def evaluate_split(path, split: str = "test", batch: int = 64, threads: int = 1,
             pieces.append(x)
     if not pieces:
         raise DataError(f"{path}: the {split} split holds no piece of two steps or more")
-    return _result(nll(model, pieces, batch), _PROTOCOLS[model.protocol][1],
+    return _result(nll(engine, pieces, batch), _PROTOCOLS[model.protocol][1],
                    set=f"{model.corpus.get('name')}/{split}", model=str(path),
                    protocol=model.protocol)
 

@@ -70,7 +70,8 @@ class StateSpec:
 
 @dataclass
 class ModelFile:
-    """What a model file says about itself, and an onnxruntime session to step it."""
+    """What a model file says about itself, and its onnxruntime session (companion.engine's
+    Engine steps it)."""
 
     path: Path
     family: str
@@ -86,25 +87,10 @@ class ModelFile:
     metadata: dict[str, str] = field(repr=False)
     session: Any = field(repr=False)
 
-    def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]:
-        return {s.name: s.zeros(batch) for s in self.state}
-
     @property
     def state_spec(self) -> list[dict]:
         """The state as the metadata lists it: [{"name", "shape"}]."""
         return [s.to_dict() for s in self.state]
-
-    def step(
-        self, feeds: dict[str, np.ndarray], state: dict[str, np.ndarray]
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """One step: (protocol outputs, next state)."""
-        names = [*self.outputs, *(s.name + "_out" for s in self.state)]
-        values = self.session.run(names, {**feeds, **state})
-        n = len(self.outputs)
-        return (
-            dict(zip(self.outputs, values[:n])),
-            {s.name: v for s, v in zip(self.state, values[n:])},
-        )
 
 
 def session_options(threads: int = 1):

@@ -31,6 +31,18 @@ def log_softmax(logits: np.ndarray, mask: np.ndarray | None = None) -> np.ndarra
     return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
 
 
+def ascending_mask(fed, width: int) -> np.ndarray:
+    """The nade mask (nade-step, multitrack-step): which of the `width` next tokens (keys
+    0 .. width - 2, then END) may follow the token(s) `fed` [...] -> bool [..., width]. After
+    a key only the keys above it and END (a frame's keys come in ascending order, so each set
+    of keys has exactly one sequence); after END or any other non-key token, everything.
+    models.roll_nade.mask_logits is the same rule in torch, for the training loss (a test
+    holds the two equal)."""
+    fed = np.asarray(fed)
+    last = np.where(fed < width - 1, fed, -1)  # -1: no key fed, nothing masked
+    return np.arange(width) > last[..., None]
+
+
 def sample(logits: np.ndarray, rng: np.random.Generator, params: Sampling,
            mask: np.ndarray | None = None, bias: np.ndarray | None = None) -> int:
     """Draw one index from 1-D `logits` under `params`, never one that `mask` forbids;

@@ -13,7 +13,7 @@ import numpy as np
 from companion import rules
 from companion.engine import Engine
 from companion.errors import ModelError
-from companion.sampling import Sampling, sample, sample_bernoulli
+from companion.sampling import Sampling, ascending_mask, sample, sample_bernoulli
 
 
 class Voice:
@@ -30,6 +30,13 @@ class Voice:
 
     def feed(self, token) -> None:
         raise NotImplementedError
+
+    def prime(self, tokens) -> None:
+        """Start a piece from the player's phrase: reset, then feed each of its tokens (a
+        latent voice encodes the phrase first)."""
+        self.reset()
+        for tok in tokens:
+            self.feed(tok)
 
     def next(self, rng: np.random.Generator, params: Sampling, mask=None):
         raise NotImplementedError
@@ -66,6 +73,47 @@ class TokenVoice(Voice):
         tok = sample(self.logits, rng, params, mask, bias)
         self.feed(tok)
         return tok
+
+
+class LatentVoice(TokenVoice):
+    """latent token-step (lstm-vae, models/lstm_vae.py): a token-step graph whose state
+    holds a latent `z`, and an encoder graph beside it (companion/latent.py).
+
+    `prime(phrase)` encodes the phrase, sets `z` to the mean of q(z | phrase) (a draw from
+    it when `sample_latent` is set, with `rng`), then feeds the phrase from the decoder's
+    initial state for that z and samples on as a TokenVoice. `reset()` alone leaves z = 0,
+    the prior's mean.
+    """
+
+    def __init__(self, engine, rep, encoder, sample_latent: bool = False,
+                 rng: np.random.Generator | None = None):
+        super().__init__(engine, rep)
+        self.encoder = encoder
+        self.sample_latent = sample_latent
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.latent: np.ndarray | None = None  # the z of the phrase last primed
+
+    def set_latent(self, z) -> None:
+        """Set z (for every row of the batch); the decoder starts from it at zero h, c."""
+        z = np.asarray(z, dtype=np.float32).reshape(1, -1)
+        self.engine.state["z"] = np.repeat(z, self.engine.batch, axis=0)
+        self.latent = z[0]
+
+    def prime(self, tokens) -> None:
+        tokens = [int(t) for t in tokens]
+        self.reset()
+        self.latent = None
+        if tokens:
+            mean, logvar = self.encoder.encode(tokens)
+            if self.sample_latent:
+                mean = mean + np.exp(0.5 * logvar) * self.rng.standard_normal(mean.shape)
+            self.set_latent(mean)
+        for tok in tokens:
+            self.feed(tok)
+
+    def warm_up(self, rng: np.random.Generator, steps: int = 8) -> None:
+        self.encoder.encode([self._neutral_token()] * 4)  # the encoder's first run too
+        super().warm_up(rng, steps)
 
 
 class NoteVoice(Voice):
@@ -136,8 +184,8 @@ class FrameVoice(Voice):
 class NadeVoice(Voice):
     """nade-step: a frame is its keys in ascending order then an end-of-frame token.
 
-    Keys at or below the last key of the frame are masked, so each set of keys has exactly
-    one sequence and sampling draws from the exact frame distribution.
+    Keys at or below the last key of the frame are masked (sampling.ascending_mask), so each
+    set of keys has exactly one sequence and sampling draws from the exact frame distribution.
     """
 
     protocol = "nade-step"
@@ -165,14 +213,13 @@ class NadeVoice(Voice):
         if self.logits is None:
             raise ModelError("a frame model needs at least one frame of context to continue")
         frame = np.zeros(self.keys, dtype=np.uint8)
-        allowed = np.ones(self.keys + 1, dtype=bool)
+        tok = self.end  # a frame starts after an END
         while True:
-            tok = sample(self.logits, rng, params, allowed)
+            tok = sample(self.logits, rng, params, ascending_mask(tok, self.keys + 1))
             self._step(tok)
             if tok == self.end:
                 return frame
             frame[tok] = 1
-            allowed[: tok + 1] = False
 
     def _neutral_token(self):
         return np.zeros(self.keys, dtype=np.uint8)
@@ -260,11 +307,12 @@ class Accompanist(Voice):
         sampled: list[set[int]] = []
         for i in range(self.rows - 1):
             row: set[int] = set()
-            allowed = np.ones(self.keys + 1, dtype=bool)
+            tok = self.end  # a row starts after the END of the row before it
             fits = np.append(self.in_range[i], True) & in_key
             if self.one_per_row:
                 fits &= self._voice_leading(i, top, sampled)
             while True:
+                allowed = ascending_mask(tok, self.keys + 1)
                 mask = allowed & fits
                 tok = sample(self.logits[: self.keys + 1], rng, self.sampling,
                              mask if mask.any() else allowed, bias)
@@ -275,7 +323,6 @@ class Accompanist(Voice):
                 self._step(tok)
                 if tok == self.end:
                     break
-                allowed[: tok + 1] = False
                 if self.one_per_row:
                     self._step(self.end)  # the only token allowed after a voice's key
                     break
@@ -322,7 +369,12 @@ DRIVERS = {v.protocol: v for v in (TokenVoice, NoteVoice, FrameVoice, NadeVoice)
 
 
 def voice_for(model, provider: str = "auto") -> Voice:
-    """The driver for a loaded model file (its protocol picks it)."""
+    """The driver for a loaded model file (its protocol picks it; a model file that names an
+    encoder graph gets a LatentVoice)."""
+    from companion.latent import Encoder, has_encoder
+
+    if model.protocol == LatentVoice.protocol and has_encoder(model):
+        return LatentVoice(Engine(model, provider=provider), model.representation, Encoder(model))
     cls = DRIVERS.get(model.protocol)
     if cls is None:
         raise ModelError(f"{model.path}: protocol {model.protocol!r} cannot continue a phrase; "

@@ -14,6 +14,10 @@ refuses to keep a file that fails the parity check:
 
 at batch sizes other than the example's (the dynamo exporter specializes example sizes 0/1
 and silently bakes some sizes, e.g. nn.LSTM's sequence length, into the graph).
+
+A family may add one-shot graphs beside the step (``ExportSpec.graphs``, e.g. lstm-vae's
+encoder): each is written to ``<stem>.<name>.onnx``, checked by ``check_graph_parity`` and
+named in the step file's metadata under its name; all or none of the files are written.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from companion import modelfile
 from companion.errors import CompanionError, ModelError
 from companion.modelfile import PROTOCOL_IO
 from models.checkpoint import build_model, count_parameters, load_checkpoint
-from models.export_spec import ExportSpec
+from models.export_spec import ExportSpec, GraphSpec
 
 FORMAT = modelfile.FORMAT
 
@@ -53,6 +57,12 @@ def export_onnx(spec: ExportSpec, out_path: str | os.PathLike) -> None:
         for name in spec.input_names
     ]
     dynamic = _nest_like_signature(spec.module.forward, flat)
+    # The exporter swaps in a while-loop LSTM/GRU decomposition (dynamic sequence length) by
+    # editing the ops' py_kernels without clearing their dispatch caches, so from the second
+    # export in a process on, a dynamic time axis through nn.LSTM was silently baked to the
+    # example's length (torch 2.13; lstm-vae's encoder). A cleared cache sees the patch.
+    for op in (torch.ops.aten.lstm.input, torch.ops.aten.gru.input):
+        op._dispatch_cache.clear()
     with warnings.catch_warnings(), torch.no_grad():
         # The exporter is chatty about its own internals (deprecations, axis renames).
         warnings.simplefilter("ignore")
@@ -194,6 +204,7 @@ def check_parity(
     with torch.no_grad():
         full = spec.sequence(seq)
         state_t = spec.initial_state(batch)
+        state_t.update({k: v for k, v in seq.items() if k in state_t})  # a given start (z)
         state_o = {k: v.numpy() for k, v in state_t.items()}
         worst = {"ort_vs_torch": 0.0, "step_vs_full": 0.0}
         n_out = len(spec.outputs)
@@ -219,6 +230,37 @@ def check_parity(
             raise ParityError(
                 f"{onnx_path}: {what} differs by {diff:.3g} > {atol} (batch {batch}, {steps} steps)"
             )
+    return worst
+
+
+def check_graph_parity(graph: GraphSpec, onnx_path: str | os.PathLike, batch: int = 3,
+                       atol: float = 1e-4, seed: int = 0, tries: int = 4) -> dict[str, float]:
+    """A one-shot graph (``ExportSpec.graphs``) on ``tries`` random inputs at ``batch``:
+    ORT equals torch within ``atol`` (``ort_vs_torch``), and torch equals the graph's
+    ``reference`` where it has one (``reference``); ParityError past ``atol``."""
+    sess = ort_session(onnx_path)
+    gen = torch.Generator().manual_seed(seed)
+    worst = {"ort_vs_torch": 0.0, "reference": 0.0}
+    with torch.no_grad():
+        for _ in range(tries):
+            x = graph.random_inputs(batch, gen)
+            out_t = graph.module(*(x[n] for n in graph.input_names))
+            out_t = out_t if isinstance(out_t, (tuple, list)) else (out_t,)
+            out_o = sess.run(graph.output_names, {k: v.numpy() for k, v in x.items()})
+            for name, a, b in zip(graph.output_names, out_o, out_t):
+                if a.shape != tuple(b.shape):
+                    raise ParityError(f"{onnx_path}: {name} has shape {a.shape} in ORT and "
+                                      f"{tuple(b.shape)} in torch at batch {batch}")
+                worst["ort_vs_torch"] = max(worst["ort_vs_torch"], _maxdiff(a, b.numpy()))
+            if graph.reference is not None:
+                ref = graph.reference(x)
+                for name, b in zip(graph.output_names, out_t):
+                    worst["reference"] = max(worst["reference"],
+                                             _maxdiff(b.numpy(), ref[name].numpy()))
+    for what, diff in worst.items():
+        if not diff <= atol:
+            raise ParityError(f"{onnx_path}: {what} differs by {diff:.3g} > {atol} "
+                              f"(batch {batch})")
     return worst
 
 
@@ -262,23 +304,43 @@ def export_checkpoint(
     # Written beside the target and moved over it only once checked: a failed export never
     # replaces a good model file.
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    # one-shot graphs beside the step graph (a VAE's encoder): <stem>.<name>.onnx
+    extra = {g.name: (g, out_path.with_name(f"{out_path.stem}.{g.name}.onnx")) for g in spec.graphs}
+    extra_tmp = {name: path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                 for name, (_, path) in extra.items()}
     try:
         export_onnx(spec, tmp)
         if float16:
             store_float16(tmp)
         meta = metadata(model, ckpt, spec)
         meta["weights"] = "float16" if float16 else "float32"
+        graph_parity = {}
+        for name, (graph, path) in extra.items():
+            export_onnx(graph, extra_tmp[name])
+            if float16:
+                store_float16(extra_tmp[name])
+            write_metadata(extra_tmp[name], {"format": FORMAT, "family": ckpt["family"],
+                                             "graph": name, "weights": meta["weights"]})
+            graph_parity[name] = {b: check_graph_parity(graph, extra_tmp[name], batch=b,
+                                                        atol=atol) for b in batch_sizes}
+            meta[name] = path.name  # the step file names its companion graphs
         write_metadata(tmp, meta)
         parity = {b: check_parity(spec, tmp, batch=b, steps=steps, atol=atol) for b in batch_sizes}
         modelfile.load(tmp)  # the runtime accepts it: metadata agrees with the graph
+        for name, (_, path) in extra.items():  # the companions first: the step file names them
+            os.replace(extra_tmp[name], path)
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
+        for t in extra_tmp.values():
+            t.unlink(missing_ok=True)
     return {
         "path": str(out_path),
         "bytes": out_path.stat().st_size,
         "metadata": meta,
         "parity": parity,
+        "graphs": {name: {"path": str(path), "bytes": path.stat().st_size,
+                          "parity": graph_parity[name]} for name, (_, path) in extra.items()},
         "seconds": time.perf_counter() - t0,
     }
 
@@ -295,4 +357,8 @@ def main(args) -> int:
         f"parity at batch {', '.join(map(str, report['parity']))}: max diff {worst:.2g}; "
         f"{report['seconds']:.1f} s"
     )
+    for name, g in report["graphs"].items():
+        worst = max(max(p.values()) for p in g["parity"].values())
+        print(f"{g['path']}: the {name} graph, {g['bytes'] / 1e6:.2f} MB; parity at batch "
+              f"{', '.join(map(str, g['parity']))}: max diff {worst:.2g}")
     return 0

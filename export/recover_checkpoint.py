@@ -172,12 +172,12 @@ def recover(onnx_path: str | Path) -> dict:
 
 def _streams(ckpt: dict, pieces: int, seed: int = 0) -> list[np.ndarray]:
     """Token streams to check on: test pieces of the file's benchmark, else random."""
-    corpus = ckpt.get("corpus", {}).get("name", "")
-    if corpus.startswith("benchmark:"):
-        try:
-            from companion import benchmarks
+    from companion import benchmarks
 
-            test = benchmarks.load(corpus.split(":", 1)[1])["test"]
+    names, _ = benchmarks.parse_corpus(ckpt.get("corpus", {}).get("name", ""))
+    if names:
+        try:
+            test = benchmarks.load(names[0])["test"]
             return [rn.stream_tokens(np.asarray(r)) for r in test[:pieces]]
         except Exception:  # no data here: random streams check the weights as well
             pass

@@ -14,4 +14,5 @@ FAMILY_MODULES = {
     "transformer": "models.transformer",
     "roll-nade-lstm": "models.roll_nade",
     "multitrack-lstm": "models.multitrack_lstm",
+    "lstm-vae": "models.lstm_vae",
 }

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from companion import benchmarks
 from companion.errors import ConfigError, DataError, RepresentationError
 from companion.score import Score
 
-BENCHMARK_PREFIX = "benchmark:"
-SPLITS = ("train", "valid", "test")
+SPLITS = benchmarks.SPLITS
 
 
 @dataclass
@@ -54,17 +54,14 @@ def load_data(cfg: dict, progress: bool = True) -> Data:
     (companion.benchmarks; ``jsb-satb`` is the four-voice JSB) with its published split.
     """
     spec, seed, limit = cfg["corpus"], cfg["seed"], cfg.get("limit")
-    parts = [p.strip() for p in spec.split("+")]
-    bench = [p for p in parts if p.startswith(BENCHMARK_PREFIX)]
-    other = "+".join(p for p in parts if not p.startswith(BENCHMARK_PREFIX))
+    names, other = benchmarks.parse_corpus(spec)
     scores: dict[str, list[Score]] = {k: [] for k in SPLITS}
     ids: dict[str, list[str]] = {k: [] for k in SPLITS}
-    for part in bench:
-        name = part[len(BENCHMARK_PREFIX) :]
-        for split, items in _benchmark(name).items():
-            items = items[:limit]
-            scores[split] += [s for s in items]
-            ids[split] += [f"{part}/{split}/{i}" for i in range(len(items))]
+    for name in names:
+        for split in SPLITS:
+            items = benchmarks.source_pieces(name, split)[:limit]
+            scores[split] += [score for _, score in items]
+            ids[split] += [piece_id for piece_id, _ in items]
     if other:
         from models.corpora import load_corpus, split_pieces
 
@@ -81,14 +78,6 @@ def load_data(cfg: dict, progress: bool = True) -> Data:
                 f"({sum(map(len, scores.values()))} pieces); use more pieces"
             )
     return Data(spec, seed, scores, ids)
-
-
-def _benchmark(name: str) -> dict[str, list[Score]]:
-    from companion import benchmarks
-
-    if name == "jsb-satb":
-        return benchmarks.load_satb()
-    return {split: benchmarks.as_scores(name, split) for split in SPLITS}
 
 
 def encode(

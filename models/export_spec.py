@@ -5,7 +5,7 @@ its protocol, its state, and the rollout the parity check compares; docs/ARCHITE
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -30,6 +30,11 @@ class ExportSpec:
     ``frame`` step [B, P] from [B, T, P]).
     ``sequence(inputs)``: the full-sequence forward on those: protocol output name ->
     tensor with the time axis at 1, which the step-by-step outputs must equal.
+    ``random_inputs`` may also give a start value for a state tensor, keyed by its name (a
+    VAE's latent ``z``): the rollout starts from it instead of zeros, and ``sequence`` reads it.
+
+    ``graphs``: one-shot graphs exported beside the step graph (a VAE's encoder), each
+    into ``<file stem>.<name>.onnx`` and named in the step file's metadata under ``name``.
     """
 
     module: nn.Module
@@ -40,6 +45,7 @@ class ExportSpec:
     dynamic_axes: dict[str, dict[int, str]] | None = None
     random_inputs: Callable[[int, int, torch.Generator], dict[str, torch.Tensor]] | None = None
     sequence: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    graphs: list[GraphSpec] = field(default_factory=list)
 
     def __post_init__(self):
         self.state = [{"name": s["name"], "shape": list(s["shape"])} for s in self.state]
@@ -95,3 +101,22 @@ class ExportSpec:
                 x = seq[name]
                 out[name] = x[:, t : t + 1] if x.dim() == example.dim() else x[:, t]
         return out
+
+
+@dataclass
+class GraphSpec:
+    """A one-shot graph a family exports beside its step graph (docs/ARCHITECTURE.md, "ONNX
+    files"): ``module(*inputs) -> outputs``, example inputs (dynamic axes never of size 0
+    or 1), ``dynamic_axes`` (input name -> {axis: label}). Parity: ``random_inputs(batch,
+    generator)`` gives inputs keyed by name, on which onnxruntime must equal torch, and
+    ``reference(inputs)``, when given, the same outputs computed another way (e.g. each
+    padded row alone), which torch's must equal too."""
+
+    name: str
+    module: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    random_inputs: Callable[[int, torch.Generator], dict[str, torch.Tensor]]
+    reference: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None

@@ -31,8 +31,8 @@ token belongs to); output `logits` [B, P+1] over the next token (a key of the cu
 or END). BEGIN feeds `acc` to the step LSTM (from the zero state, an empty step, as
 training prepends one), moves it to `prev`, clears it and restarts the within-step LSTM
 at row 0; a key adds itself to `acc` at the current row; END moves to the next row. After
-the K-th END the outputs are not used: the driver feeds BEGIN for the next step. The Engine
-masks keys at or below the last key of the current row, as for nade-step.
+the K-th END the outputs are not used: the driver feeds BEGIN for the next step. The driver
+masks keys at or below the last key of the current row, as for nade-step (mask_logits).
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ LSTM, [L, B, H]), `dh`, `dc` (within-frame LSTM, [B, Hd]), `acc` (keys of the fr
 steps the within-frame LSTM; END feeds `acc` to the frame LSTM, moves it to `prev`, clears
 it, and restarts the within-frame LSTM from the new context. Both branches are computed
 and selected with torch.where. From the zero state, feed END first: the frame LSTM then
-reads an empty frame, exactly as training prepends one. The Engine masks keys at or below
-the last key of the frame (outside the graph); the training loss applies the same mask.
+reads an empty frame, exactly as training prepends one. The driver masks keys at or below
+the last key of the frame (outside the graph: companion.sampling.ascending_mask); the
+training loss applies the same mask (mask_logits, its torch twin).
 
 Learned initial state (`learn_init`, default true; checkpoints from before it load without
 it, as the zero-state models they were): the model keeps offsets `init_h`, `init_c` [L, 1, H],
@@ -64,7 +65,7 @@ class _FrameLoss:
 
     def token_logits(self, frames: Tensor, tokens: Tensor, valid: Tensor
                      ) -> tuple[Tensor, Tensor, Tensor]:
-        """raw_token_logits with the Engine's mask applied (the model's distribution)."""
+        """raw_token_logits with the ascending-keys mask applied (the model's distribution)."""
         logits, targets, inputs = self.raw_token_logits(frames, tokens, valid)
         return mask_logits(logits, inputs), targets, inputs
 
@@ -258,7 +259,9 @@ def random_stream(batch: int, steps: int, keys: int, gen: torch.Generator) -> Te
 
 
 def mask_logits(logits: Tensor, inputs: Tensor) -> Tensor:
-    """Mask keys at or below the last key read (inputs < P); END (= P) masks nothing."""
+    """Mask keys at or below the last key read (inputs < P); END (= P) or BEGIN masks
+    nothing. The training side of the rule the drivers and `companion eval` apply with
+    companion.sampling.ascending_mask (tests/test_roll_nade.py holds the two equal)."""
     P = logits.shape[-1] - 1
     last = torch.where(inputs >= P, torch.full_like(inputs, -1), inputs)
     below = torch.arange(P, device=logits.device) <= last[..., None]
@@ -339,7 +342,7 @@ def _mix(logits: list[Tensor]) -> Tensor:
 
 class RollNadeEnsemble(_FrameLoss, nn.Module):
     """Several roll-nade-lstm models whose next-token distributions are averaged at every
-    token (before the Engine's mask, which then renormalizes): still one exact,
+    token (before the ascending-keys mask, which then renormalizes): still one exact,
     normalized distribution over each frame, and still the `nade-step` protocol, with
     each member's state tensors suffixed `_<i>`."""
 

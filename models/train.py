@@ -7,7 +7,11 @@ decay (over max_steps or max_minutes, whichever ends first), gradient clipping, 
 on the whole validation split every ``eval_every`` steps, early stopping after ``patience``
 evaluations without improvement, and the test split evaluated once at the end with the best
 weights. It talks to the family only through its module's ``build`` and ``batches`` and
-the model's ``loss`` (docs/ARCHITECTURE.md, "Family modules").
+the model's ``loss`` (docs/ARCHITECTURE.md, "Family modules"), and two optional hooks: it
+calls ``model.set_step(step)`` before each training step (a schedule inside the loss, e.g.
+lstm-vae's KL warm-up), and after each evaluation reads ``model.extra_metrics()`` (name ->
+(sum, count) of the loss's terms since the last call, e.g. a VAE's reconstruction NLL and
+KL), logs the means and records them in the metrics (``valid_terms``, ``test_terms``).
 
 Writes to ``[train] out`` (default runs/<config name>): ``best.pt``, the self-describing
 checkpoint that ``companion export`` takes, and ``last.pt`` (the same plus the optimizer
@@ -268,16 +272,29 @@ def unit_of(model: nn.Module, rep) -> str:
 
 
 @torch.no_grad()
-def evaluate(model, module, pieces, rep, tr, device, rank=0, world=1) -> tuple[float, int]:
-    """(mean NLL in nats per unit, units) over whole pieces, shared among the ranks."""
+def evaluate(model, module, pieces, rep, tr, device, rank=0, world=1,
+             terms: dict | None = None) -> tuple[float, int]:
+    """(mean NLL in nats per unit, units) over whole pieces, shared among the ranks; the
+    means of the model's `extra_metrics` (if it has them) go into `terms`."""
     was = model.training
     model.eval()
+    extra = getattr(model, "extra_metrics", None)
+    if extra is not None:
+        extra()  # clears what an earlier evaluation left
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for batch in module.batches(pieces[rank::world], rep, tr, None, False):
         nll, n = model.loss(_to(batch, device))
         total += torch.stack([nll.double(), torch.as_tensor(n, device=device).double()])
     if world > 1:
         dist.all_reduce(total)
+    if extra is not None and terms is not None:
+        got = extra()
+        sums = torch.tensor([x for pair in got.values() for x in pair], dtype=torch.float64,
+                            device=device)
+        if world > 1:
+            dist.all_reduce(sums)
+        terms.update({k: s / c if c else float("nan")
+                      for k, (s, c) in zip(got, sums.view(-1, 2).tolist())})
     model.train(was)
     nll, n = total.tolist()
     return (nll / n if n else float("nan")), int(n)
@@ -488,6 +505,8 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
             for g in opt.param_groups:
                 g["lr"] = lr_at(run["step"], progress_frac, tr)
             batch = _to(batch, dev)
+            if hasattr(model, "set_step"):
+                model.set_step(run["step"])
             nll, n = net(batch)
             loss = nll / n
             opt.zero_grad(set_to_none=True)
@@ -514,10 +533,13 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
             if max_s:
                 done = done or _agree(run["seconds"] >= max_s, dev, world)
             if run["step"] % tr["eval_every"] == 0 or done:
-                v, _ = evaluate(model, module, valid, rep, tr, dev, rank, world)
+                terms: dict = {}
+                v, _ = evaluate(model, module, valid, rep, tr, dev, rank, world, terms)
                 improved = v < run["best_valid"]
                 if improved:
                     run.update(best_valid=v, best_step=run["step"], bad_evals=0)
+                    if terms:
+                        run["best_terms"] = terms
                     best_state = _cpu(model.state_dict())
                 else:
                     run["bad_evals"] += 1
@@ -526,12 +548,14 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
                         f"step {run['step']}: train {ema:.4f} valid {v:.4f} nats/{unit}"
                         f"{' (best)' if improved else ''}; lr {opt.param_groups[0]['lr']:.2e}"
                         f"; {run['units'] / run['train_seconds']:.0f} {unit}s/s"
+                        + "".join(f"; {k} {x:.4f}" for k, x in terms.items())
                     )
                 metrics = {
                     "valid_nll": run["best_valid"],
                     "test_nll": None,
                     "unit": unit,
                     "train_nll": ema,
+                    **({"valid_terms": run["best_terms"]} if "best_terms" in run else {}),
                 }
                 if rank == 0:
                     if improved:
@@ -552,7 +576,9 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
     # the test split, once, with the best weights
     if best_state is not None:
         model.load_state_dict(best_state)
-    t, n_test = evaluate(model, module, test, rep, tr, dev, rank, world) if test else (None, 0)
+    test_terms: dict = {}
+    t, n_test = (evaluate(model, module, test, rep, tr, dev, rank, world, test_terms)
+                 if test else (None, 0))
     metrics = {
         "valid_nll": run["best_valid"],
         "test_nll": t,
@@ -560,6 +586,8 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
         "train_nll": ema,
         "best_step": run["best_step"],
         "test_units": n_test,
+        **({"valid_terms": run["best_terms"]} if "best_terms" in run else {}),
+        **({"test_terms": test_terms} if test_terms else {}),
     }
     if world > 1:
         # one write per line, so the ranks' lines do not interleave on a shared stdout
@@ -574,7 +602,8 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
     ck = checkpoint(metrics, False)
     save(ck, best_path)
     if progress:
-        test_txt = "no test split" if t is None else f"test {t:.4f}"
+        test_txt = "no test split" if t is None else f"test {t:.4f}" + "".join(
+            f" {k} {x:.4f}" for k, x in test_terms.items())
         print(
             f"best valid {run['best_valid']:.4f} nats/{unit} (step {run['best_step']}), "
             f"{test_txt}; {run['step']} steps in {run['seconds'] / 60:.1f} min, "

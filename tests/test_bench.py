@@ -45,6 +45,7 @@ def bench(tmp_path, *args) -> int:
 def test_only_engine_starts_no_jack_server_and_keeps_the_rest_of_the_report(tmp_path,
                                                                             no_jack):
     old = json.loads(SHIPPED.read_text(encoding="utf-8"))
+    old.pop("updates", None)  # the shipped report may itself have been merged into
     (tmp_path / "bench.json").write_text(json.dumps(old), encoding="utf-8")
     (tmp_path / "BENCHMARKS.md").write_text(
         bench_report.markdown(old, "## Analysis\n\nWritten by hand.\n"), encoding="utf-8")
@@ -94,7 +95,7 @@ def test_a_section_skipped_now_drops_its_old_numbers_and_old_reasons_of_measured
     merged = bench_report.merge(old, new, {"harmonize", "session"})
     assert "session" not in merged and merged["harmonize"] == old["harmonize"]
     assert merged["skipped"] == {"session": "no chorale model"}
-    assert merged["floor"] == old["floor"] and merged["updates"][0]["sections"] == [
+    assert merged["floor"] == old["floor"] and merged["updates"][-1]["sections"] == [
         "harmonize", "session"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ import torch
 
 from companion import benchmarks, cli
 from companion import evaluate as ev
+from companion.engine import Engine
 from companion.errors import DataError
+from companion.modelfile import StateSpec
 from companion.representations import REGISTRY
 from export import export_checkpoint
 from models import data
@@ -26,26 +29,35 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class TorchStep:
-    """A model's step module behind the runtime's ModelFile interface (no export, fast):
-    the evaluation logic is checked against the torch loss with it, the ONNX path once."""
+class TorchSession:
+    """A model's step module behind onnxruntime's session interface (no export, fast), so
+    the runtime's own Engine steps it: the evaluation logic is checked against the torch loss
+    with it, the ONNX path once."""
 
-    def __init__(self, model):
-        self.spec = model.export_spec()
-        self.protocol = model.protocol
-        self.inputs, self.outputs = self.spec.step_inputs, self.spec.outputs
-        self.path = "torch"
+    def __init__(self, spec):
+        self.spec = spec
 
-    def initial_state(self, batch):
-        return {k: v.numpy() for k, v in self.spec.initial_state(batch).items()}
+    def get_providers(self):
+        return ["torch"]
 
-    def step(self, feeds, state):
+    def get_outputs(self):
+        return [SimpleNamespace(name=n) for n in self.spec.output_names]
+
+    def run(self, names, feeds):
         with torch.no_grad():
-            out = self.spec.module(*(torch.from_numpy(feeds[n]) for n in self.inputs),
-                                   *(torch.from_numpy(v) for v in state.values()))
-        n = len(self.outputs)
-        return ({k: v.numpy() for k, v in zip(self.outputs, out[:n])},
-                {k: v.numpy() for k, v in zip(state, out[n:])})
+            out = self.spec.module(*(torch.from_numpy(feeds[n]) for n in self.spec.input_names))
+        got = dict(zip(self.spec.output_names, out))
+        return [got[n].numpy() for n in names]
+
+
+def torch_engine(model) -> Engine:
+    """An Engine over `model`'s step module, as it would be over its exported file."""
+    spec = model.export_spec()
+    file = SimpleNamespace(
+        path="torch", protocol=model.protocol, session=TorchSession(spec),
+        inputs=tuple(spec.step_inputs), outputs=tuple(spec.outputs),
+        state=tuple(StateSpec(s["name"], tuple(s["shape"])) for s in spec.state))
+    return Engine(file, provider="cpu")
 
 
 def tiny_nade():
@@ -81,7 +93,7 @@ def test_benchmark_metric_counts_every_frame(bench_dir):
     figure over frames t >= 1 (the training loss) comes second."""
     model = tiny_nade()
     rolls = benchmarks.load("jsb")["test"][:8]
-    got = ev.nll(TorchStep(model), rolls, batch=8)
+    got = ev.nll(torch_engine(model), rolls, batch=8)
     want, n = torch_nll(model, rolls, every_frame=True)
     assert got.units == n == sum(len(r) for r in rolls)
     assert math.isclose(got.nll, want, rel_tol=1e-5)
@@ -99,7 +111,7 @@ def test_frame_step_is_the_bernoulli_sum(bench_dir):
     model = roll_lstm.build("roll-lstm", benchmarks.representation("jsb"), embed=8, hidden=8,
                             layers=1, dropout=0.0).eval()
     rolls = benchmarks.load("jsb")["valid"][:12]
-    got = ev.nll(TorchStep(model), rolls, batch=5)
+    got = ev.nll(torch_engine(model), rolls, batch=5)
     with torch.no_grad():
         nll, n = model.loss(data.collate([np.asarray(r) for r in rolls], "frames"))
         z0 = model(torch.zeros(1, 1, rolls[0].shape[1]))[0, 0]  # after the empty frame
@@ -118,7 +130,7 @@ def test_multitrack_scores_the_accompaniment_given_the_lead():
                      local_kernel=3).eval()
     rng = np.random.default_rng(0)
     rolls = [(rng.random((n, 4, rep.keys)) < 0.03).astype(np.uint8) for n in (9, 4, 6)]
-    got = ev.nll(TorchStep(model), rolls, batch=2)
+    got = ev.nll(torch_engine(model), rolls, batch=2)
     with torch.no_grad():
         nll, n = model.loss(mt.collate(rolls))
     assert got.units == int(n) == 19 and got.units_after_first == 19 - 3
@@ -133,7 +145,7 @@ def test_token_models_score_every_token_after_the_first(bench_dir):
     rep = REGISTRY["events"]()
     model = lstm.build("lstm", rep, embed=8, hidden=8, layers=1, dropout=0.0).eval()
     pieces = data.encode(benchmarks.as_scores("jsb", "valid")[:3], rep)
-    got = ev.nll(TorchStep(model), pieces, batch=2)
+    got = ev.nll(torch_engine(model), pieces, batch=2)
     with torch.no_grad():
         nll, n = model.loss(data.collate(pieces, "tokens"))
     assert got.units == got.units_after_first == int(n) == sum(len(p) - 1 for p in pieces)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from companion import modelfile
+from companion.engine import Engine
 from companion.errors import ModelError
 from companion.representations import from_dict
 from export import ParityError, build_model, check_parity, export_checkpoint, load_checkpoint
@@ -71,12 +72,12 @@ def test_family_trains_and_exports_with_parity(exported, family):
     assert int(props["parameters"]) == sum(p.numel() for p in build_model(ck).parameters())
     m = modelfile.load(path)
     assert m.family == family and m.parameters == int(props["parameters"])
-    # one more batch size, through the runtime's own loader
-    state = m.initial_state(5)
+    # one more batch size, through the runtime's own loader and Engine
+    engine = Engine(m, batch=5, provider="cpu")
     for _ in range(3):
         feeds = {name: np.zeros([5, *_shape(m, name)[1:]], _dtype(m, name)) for name in m.inputs}
-        outs, state = m.step(feeds, state)
-    assert all(v.shape[0] == 5 for v in outs.values())
+        outs = engine.step(feeds)
+    assert all(outs[name].shape[0] == 5 for name in m.outputs)
 
 
 def _shape(m, name):
@@ -121,10 +122,11 @@ import sys
 sys.modules["torch"] = None  # the runtime must not need torch
 import numpy as np
 from companion import modelfile
+from companion.engine import Engine
 from companion.sampling import Sampling, sample, sample_bernoulli
 
 m = modelfile.load(sys.argv[1])
-rep, rng, state = m.representation, np.random.default_rng(0), m.initial_state(1)
+rep, rng, engine = m.representation, np.random.default_rng(0), Engine(m)
 seq = []
 if m.protocol == "token-step":  # grammar masks applied before sampling, as the Engine does
     dec = rep.stream_decoder()
@@ -133,13 +135,13 @@ if m.protocol == "token-step":  # grammar masks applied before sampling, as the 
         tok = sample(logits, rng, Sampling(temperature=1.0), mask=dec.allowed())
         dec.feed(tok)
         seq.append(tok)
-        out, state = m.step({"token": np.array([[tok]], np.int64)}, state)
+        out = engine.step({"token": np.array([[tok]], np.int64)})
         logits = out["logits"][0]
 elif m.protocol == "note-step":  # each field under the decoder's grammar, as NoteVoice
     dec = rep.stream_decoder()
     x = {"note": np.array([[[60, 0, 3]]], np.int64)}
     for _ in range(20):
-        out, state = m.step(x, state)
+        out = engine.step(x)
         cls = []
         for k, off, n in zip(m.outputs, rep.offsets, rep.fields):
             full = np.full(rep.vocab_size, -np.inf)
@@ -152,7 +154,7 @@ elif m.protocol == "note-step":  # each field under the decoder's grammar, as No
 else:
     x = {"frame": np.zeros((1, rep.vocab_size), np.float32)}
     for _ in range(32):
-        out, state = m.step(x, state)
+        out = engine.step(x)
         frame = sample_bernoulli(out["logits"][0], rng)
         seq.append(frame)
         x = {"frame": frame[None].astype(np.float32)}

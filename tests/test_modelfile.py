@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from companion import modelfile
+from companion.engine import Engine
 from companion.errors import ModelError
 from companion.representations import REGISTRY
 
@@ -90,10 +91,10 @@ def test_reads_a_good_model(tmp_path):
         {"name": "c", "shape": [1, "B", H]},
     ]
     assert m.metrics["valid_nll"] == 1.5 and m.tracks == ["lead"]
-    state = m.initial_state(3)
-    assert state["h"].shape == (1, 3, H) and state["h"].dtype == np.float32
-    out, state = m.step({"token": np.zeros((3, 1), np.int64)}, state)
-    assert out["logits"].shape == (3, V) and (state["h"] == 1).all()
+    eng = Engine(m, batch=3, provider="cpu")
+    assert eng.state["h"].shape == (1, 3, H) and eng.state["h"].dtype == np.float32
+    out = eng.step({"token": np.zeros((3, 1), np.int64)})
+    assert out["logits"].shape == (3, V) and (eng.state["h"] == 1).all()
 
 
 def test_missing_file(tmp_path):

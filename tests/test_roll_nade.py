@@ -15,6 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from companion.sampling import ascending_mask
+from models import multitrack_lstm as mt
 from models import roll_nade as rn
 
 torch.set_num_threads(1)
@@ -85,6 +87,25 @@ def test_loss_equals_the_step_protocol_token_by_token(kind):
                     total -= float(lp[0, nxt])
     assert frames == sum(len(p) - 1 for p in pieces)
     assert math.isclose(float(nll), total, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_numpy_mask_is_the_torch_mask(seed):
+    """One rule on both sides: companion.sampling.ascending_mask (the voices, `companion
+    eval`) masks exactly what mask_logits (the training loss, both families) masks, on random
+    streams: nade streams, and any tokens at all (keys, END, multitrack's BEGIN)."""
+    rng = np.random.default_rng(seed)
+    P = int(rng.integers(2, 90))
+    gen = torch.Generator().manual_seed(seed)
+    streams = [rn.random_stream(3, 40, P, gen).numpy(), rng.integers(0, P + 2, (3, 40))]
+    for fed in streams:
+        logits = rng.standard_normal((*fed.shape, P + 1)).astype(np.float32)
+        want = rn.mask_logits(torch.from_numpy(logits), torch.from_numpy(fed)).numpy()
+        np.testing.assert_array_equal(np.where(ascending_mask(fed, P + 1), logits, -np.inf),
+                                      want)
+        for tok, row in zip(fed[0], want[0]):  # one token at a time, as the voices use it
+            assert np.array_equal(ascending_mask(int(tok), P + 1), np.isfinite(row))
+    assert mt.mask_logits is rn.mask_logits  # the multitrack family has no other
 
 
 @pytest.mark.slow

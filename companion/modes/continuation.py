@@ -158,9 +158,8 @@ class Continuation:
         origin = math.floor(min(n.onset for n in notes) / bpb) * bpb
         tokens = encode_phrase(self.rep, notes, origin, start)
         decoder = self.rep.stream_decoder(0.0)
-        self.voice.reset()
+        self.voice.prime(tokens)  # reset and feed (a latent voice encodes the phrase first)
         for tok in tokens:
-            self.voice.feed(tok)
             decoder.feed(tok)
         # The model's time is the player's, from the bar line `origin`: never shifted, or the
         # model would place its beat where the player's is not (the encoder writes a partial
