@@ -438,7 +438,11 @@ def markdown(results: list[dict], command: str) -> str:
 
 def main(args) -> int:
     """`companion report`: measure the presets and write the report (and its pictures)."""
-    out = Path(args.output)
+    from companion.outfiles import check_output
+
+    out = check_output(args.output, "-o")  # before minutes of measuring, not after
+    if args.json:
+        check_output(args.json, "--json")
     results = []
     for name in args.presets:
         pic = out.parent / "quality" / f"{Path(name).stem}.png"
