@@ -149,8 +149,48 @@ def reconstruction(path, split: str = "test", length: int = 129, batch: int = 64
             "active_units": int((means_all.var(0) > 0.01).sum()), "latent": encoder.latent}
 
 
+def continuation(path, split: str = "test", length: int = 129, following: int = 128,
+                 provider: str = "cpu") -> dict:
+    """Held-out continuation: each piece of the split with at least `length + following`
+    tokens gives its first `length` tokens as the phrase; the NLL per token of the next
+    `following`, the model reading the phrase first (as a continue preset primes it): for a
+    latent model from the phrase's latent (`nll_mean`, z = the encoder's mean) and from the
+    prior's mean (`nll_prior`); for any other token-step model, `nll`."""
+    from companion.engine import Engine
+    from companion.evaluate import held_out_scores
+    from companion.modelfile import load
+
+    model = load(path)
+    rep = model.representation
+    pieces = [np.asarray(rep.encode(s), dtype=np.int64)
+              for s in held_out_scores(model.corpus, split)]
+    toks = np.stack([p[:length + following] for p in pieces if len(p) >= length + following])
+    B = len(toks)
+    latents = {"nll": None}
+    if has_encoder(model):
+        mean, _ = Encoder(model).encode_batch(toks[:, :length], np.full(B, length))
+        latents = {"nll_mean": mean, "nll_prior": np.zeros_like(mean)}
+    engine = Engine(model, batch=B, provider=provider)
+    out = {"model": str(path), "split": split, "pieces": B, "phrase_tokens": length,
+           "following": following}
+    for key, z in latents.items():
+        engine.reset(B)
+        if z is not None:
+            engine.state["z"] = z.astype(np.float32)
+        total = 0.0
+        for t in range(length + following - 1):
+            logits = engine.step({"token": toks[:, t:t + 1]})["logits"].astype(np.float64)
+            if t >= length - 1:
+                m = logits.max(1, keepdims=True)
+                lp = logits - m - np.log(np.exp(logits - m).sum(1, keepdims=True))
+                total -= float(lp[np.arange(B), toks[:, t + 1]].sum())
+        out[key] = total / (B * following)
+    return out
+
+
 def main(argv=None) -> int:
-    """python -m companion.latent MODEL.onnx [--split test] [--phrase 129] [--json]"""
+    """python -m companion.latent MODEL.onnx [--split test] [--phrase 129]
+    [--continuation N] [--json]"""
     import argparse
     import json
 
@@ -161,8 +201,19 @@ def main(argv=None) -> int:
     ap.add_argument("--phrase", type=int, default=129,
                     help="tokens per phrase (the training config's seq_len + 1)")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--continuation", type=int, default=0, metavar="N",
+                    help="instead: the NLL of the N tokens after each piece's first phrase "
+                         "(any token-step model; a latent one from the phrase's latent and "
+                         "from the prior's mean)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.continuation:
+        r = continuation(args.model, args.split, args.phrase, args.continuation)
+        print(json.dumps(r) if args.json else
+              f"{r['model']} {r['split']}: {r['pieces']} pieces, the {r['following']} tokens "
+              f"after the first {r['phrase_tokens']}: " + ", ".join(
+                  f"{k} {v:.4f}" for k, v in r.items() if k.startswith("nll")) + " nats/token")
+        return 0
     r = reconstruction(args.model, args.split, args.phrase, args.batch)
     if args.json:
         print(json.dumps(r))
