@@ -33,7 +33,7 @@ def run(args, sections: set[str]) -> dict:
     provider = getattr(args, "provider", "auto")
     check_provider(provider)  # --provider cuda without CUDA: before the JACK server starts
     playable = measure.playable_presets(zoo)
-    shipped = sorted(zoo.glob("*.onnx"))
+    shipped = presets.zoo_models(zoo)
     r: dict = {"mode": "smoke" if args.smoke else "full",
                "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": measure.machine(),
                "zoo": [m.name for m in shipped], "presets": sorted(playable), "skipped": {},

@@ -122,6 +122,12 @@ def zoo_dir() -> Path:
     return _ROOT / "models" / "zoo"
 
 
+def zoo_models(zoo: Path | None = None) -> list[Path]:
+    """The model files in the zoo: `NAME.onnx`, not the graphs a model keeps beside it
+    (`NAME.encoder.onnx`, named in its metadata)."""
+    return sorted(p for p in (zoo or zoo_dir()).glob("*.onnx") if len(p.suffixes) == 1)
+
+
 def available() -> list[Path]:
     return sorted(presets_dir().glob("*.toml"))
 

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from companion import modelfile
+from companion import modelfile, presets
 from companion.engine import Engine
 from companion.errors import ModelError
 from companion.representations import REGISTRY
@@ -159,7 +159,7 @@ def test_a_logits_width_that_is_not_the_vocabulary_fails_at_load(tmp_path):
 
 
 def test_every_shipped_model_has_the_widths_of_its_vocabulary():
-    zoo = sorted((ROOT / "models" / "zoo").glob("*.onnx"))
+    zoo = presets.zoo_models(ROOT / "models" / "zoo")
     if not zoo:
         pytest.skip("no shipped models in models/zoo")
     for path in zoo:
