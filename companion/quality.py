@@ -48,24 +48,16 @@ def split_scores(model) -> dict[str, list[Score]]:
     corpus = json.loads(model.metadata["corpus"])
     ids = corpus["ids"]
     held = set(ids["valid"]) | set(ids["test"])
-    parts = corpus["name"].split("+")
-    out: dict[str, list[Score]] = {"train": [], "test": []}
-    by_id: dict[str, Score] = {}
     from companion import benchmarks
 
-    for part in parts:
-        if part.startswith("benchmark:"):
-            name = part.split(":", 1)[1]
-            splits = (benchmarks.load_satb() if name == "jsb-satb"
-                      else {s: benchmarks.as_scores(name, s) for s in benchmarks.SPLITS})
-            for split, scores in splits.items():
-                for i, sc in enumerate(scores):
-                    by_id[f"{part}/{split}/{i}"] = sc
-        else:
-            from models.corpora import load_corpus
+    names, other = benchmarks.parse_corpus(corpus["name"])
+    by_id: dict[str, Score] = {pid: sc for name in names for split in benchmarks.SPLITS
+                               for pid, sc in benchmarks.source_pieces(name, split)}
+    if other:
+        from models.corpora import load_corpus
 
-            for piece in load_corpus(part, progress=False):
-                by_id[piece.id] = piece.score
+        by_id.update((piece.id, piece.score) for piece in load_corpus(other, progress=False))
+    out: dict[str, list[Score]] = {}
     out["test"] = [by_id[i] for i in ids["test"] if i in by_id]
     out["train"] = [sc for i, sc in by_id.items() if i not in held]
     return out

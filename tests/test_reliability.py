@@ -185,14 +185,19 @@ def test_an_error_while_harmonizing_drops_that_answer_and_the_set_goes_on():
         time.sleep(0.3)
     finally:
         live.stop()
-    assert live.failure is None, f"the daemon died: {live.failure!r}"
-    assert fired, "the failure was not injected"
-    assert live.daemon.errors == 1
-    assert_told_once(live, "RuntimeError: injected failure")
+    assert_survived_one_failure(live, fired)
     assert note_ons(live.sent, voices, first, fired[0]), "no harmony before the failure"
     assert not sounding_after(live.sent, fired[0] + 50 * MS), "the failed answer's notes hang"
     assert note_ons(live.sent, voices, again), "no harmony after the failure"
     assert not sounding_after(live.sent), "notes left sounding"
+
+
+def assert_survived_one_failure(live, fired) -> None:
+    """The injected failure happened once, was told once, and the daemon lived on."""
+    assert live.failure is None, f"the daemon died: {live.failure!r}"
+    assert fired, "the failure was not injected"
+    assert live.daemon.errors == 1
+    assert_told_once(live, "RuntimeError: injected failure")
 
 
 @needs_zoo
@@ -220,10 +225,7 @@ def test_an_error_mid_response_drops_it_releases_its_notes_and_the_next_is_answe
         time.sleep(1.5)  # the second answer plays out (a bar at 240 bpm)
     finally:
         live.stop()
-    assert live.failure is None, f"the daemon died: {live.failure!r}"
-    assert fired, "the failure was not injected"
-    assert live.daemon.errors == 1
-    assert_told_once(live, "RuntimeError: injected failure")
+    assert_survived_one_failure(live, fired)
     # the dropped answer: released at once, and nothing more of it
     assert not sounding_after(live.sent, fired[0] + 50 * MS)
     assert not note_ons(live.sent, {channel}, fired[0] + 20 * MS, again)
