@@ -120,3 +120,15 @@ class GraphSpec:
     dynamic_axes: dict[str, dict[int, str]]
     random_inputs: Callable[[int, torch.Generator], dict[str, torch.Tensor]]
     reference: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+
+
+class StepModule(nn.Module):
+    """The step graph of a model whose `step(input, *state)` is the protocol's step: what
+    `ExportSpec.module` wraps for the token, note and frame LSTMs."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, *state):
+        return self.model.step(x, *state)

@@ -57,13 +57,13 @@ class TokenModel(nn.Module):
         return (nll * target).sum(), target.sum()
 
     def export_spec(self):
-        from models.export_spec import ExportSpec
+        from models.export_spec import ExportSpec, StepModule
 
         state = self.state_spec()
         zeros = [torch.zeros([2 if d == "B" else d for d in s["shape"]]) for s in state]
         names = [s["name"] for s in state]
         return ExportSpec(
-            module=_Step(self),
+            module=StepModule(self),
             example_inputs=(torch.tensor([[1], [2]]) % self.vocab, *zeros),
             input_names=["token", *names],
             output_names=["logits", *(n + "_out" for n in names)],
@@ -74,14 +74,6 @@ class TokenModel(nn.Module):
             sequence=lambda seq: {"logits": self(seq["token"])},
         )
 
-
-class _Step(nn.Module):
-    def __init__(self, model: TokenModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, token, *state):
-        return self.model.step(token, *state)
 
 
 class LSTM(TokenModel):

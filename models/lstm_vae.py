@@ -205,7 +205,7 @@ class LSTMVAE(nn.Module):
         return spec + ([{"name": "time", "shape": ["B", 1]}] if self.beat else [])
 
     def export_spec(self):
-        from models.export_spec import ExportSpec, GraphSpec
+        from models.export_spec import ExportSpec, GraphSpec, StepModule
 
         state = self.state_spec()
         zeros = [torch.zeros([2 if d == "B" else d for d in s["shape"]]) for s in state]
@@ -235,7 +235,7 @@ class LSTMVAE(nn.Module):
             dynamic_axes={"tokens": {0: "B", 1: "T"}, "lengths": {0: "B"}},
             random_inputs=random_phrases, reference=each_alone)
         return ExportSpec(
-            module=_Step(self),
+            module=StepModule(self),
             example_inputs=(torch.tensor([[1], [2]]) % vocab, *zeros),
             input_names=["token", *names],
             output_names=["logits", *(n + "_out" for n in names)],
@@ -245,14 +245,6 @@ class LSTMVAE(nn.Module):
             graphs=[encoder],
         )
 
-
-class _Step(nn.Module):
-    def __init__(self, model: LSTMVAE):
-        super().__init__()
-        self.model = model
-
-    def forward(self, token, *state):
-        return self.model.step(token, *state)
 
 
 class _Encoder(nn.Module):

@@ -95,7 +95,7 @@ class NoteLSTM(nn.Module):
         return (*(head(y) for head in self.heads), h, c) + ((t,) if self.beat else ())
 
     def export_spec(self):
-        from models.export_spec import ExportSpec
+        from models.export_spec import ExportSpec, StepModule
 
         shape = [self.layers, "B", self.hidden]
         zeros = torch.zeros(self.layers, 2, self.hidden)
@@ -109,7 +109,7 @@ class NoteLSTM(nn.Module):
             return {"note": torch.stack(cols, dim=-1)}
 
         return ExportSpec(
-            module=_Step(self),
+            module=StepModule(self),
             example_inputs=(
                 torch.tensor([[[60, 0, 11]], [[62, 12, 5]]]) % torch.tensor(self.fields),
                 zeros,
@@ -123,14 +123,6 @@ class NoteLSTM(nn.Module):
             sequence=lambda seq: dict(zip(HEADS, self(seq["note"]))),
         )
 
-
-class _Step(nn.Module):
-    def __init__(self, model: NoteLSTM):
-        super().__init__()
-        self.model = model
-
-    def forward(self, note, *state):
-        return self.model.step(note, *state)
 
 
 def build(family: str, rep, **model_args) -> NoteLSTM:

@@ -59,12 +59,12 @@ class RollLSTM(nn.Module):
         return self.head(y[:, -1]), h, c
 
     def export_spec(self):
-        from models.export_spec import ExportSpec
+        from models.export_spec import ExportSpec, StepModule
 
         shape = [self.layers, "B", self.hidden]
         zeros = torch.zeros(self.layers, 2, self.hidden)
         return ExportSpec(
-            module=_Step(self),
+            module=StepModule(self),
             example_inputs=(torch.zeros(2, self.keys), zeros, zeros.clone()),
             input_names=["frame", "h", "c"],
             output_names=["logits", "h_out", "c_out"],
@@ -74,15 +74,6 @@ class RollLSTM(nn.Module):
             },
             sequence=lambda seq: {"logits": self(seq["frame"])},
         )
-
-
-class _Step(nn.Module):
-    def __init__(self, model: RollLSTM):
-        super().__init__()
-        self.model = model
-
-    def forward(self, frame, h, c):
-        return self.model.step(frame, h, c)
 
 
 def build(family: str, rep, **model_args) -> RollLSTM:
