@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from companion.scheduler import (
+from midi_companion.scheduler import (
     DEFAULT_SPIN_NS,
     DEFAULT_TOLERANCE_NS,
     REALTIME_SWITCH_INTERVAL_S,

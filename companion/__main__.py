@@ -1,3 +1,3 @@
-from companion.cli import main
+from midi_companion.cli import main
 
 raise SystemExit(main())

@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from companion import bench_measure as measure
-from companion import bench_report as report
-from companion import presets
-from companion.engine import check_provider
-from companion.jack_harness import JackServer, preset_copy
+from midi_companion import bench_measure as measure
+from midi_companion import bench_report as report
+from midi_companion import presets
+from midi_companion.engine import check_provider
+from midi_companion.jack_harness import JackServer, preset_copy
 
 
 def run(args, sections: set[str]) -> dict:
@@ -34,19 +34,28 @@ def run(args, sections: set[str]) -> dict:
     check_provider(provider)  # --provider cuda without CUDA: before the JACK server starts
     playable = measure.playable_presets(zoo)
     shipped = presets.zoo_models(zoo)
-    r: dict = {"mode": "smoke" if args.smoke else "full",
-               "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": measure.machine(),
-               "zoo": [m.name for m in shipped], "presets": sorted(playable), "skipped": {},
-               "provider": provider}
+    r: dict = {
+        "mode": "smoke" if args.smoke else "full",
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": measure.machine(),
+        "zoo": [m.name for m in shipped],
+        "presets": sorted(playable),
+        "skipped": {},
+        "provider": provider,
+    }
 
     def skip(section: str, why: str) -> None:
         r["skipped"][section] = why
         _log(f"{section}: skipped ({why})")
 
     if sections & set(report.JACK_SECTIONS):
-        r["jack"] = {"driver": "dummy", "period": args.period, "rate": args.rate,
-                     "period_ms": args.period / args.rate * 1000,
-                     "mode": "asynchronous" if args.jack_async else "synchronous (-S)"}
+        r["jack"] = {
+            "driver": "dummy",
+            "period": args.period,
+            "rate": args.rate,
+            "period_ms": args.period / args.rate * 1000,
+            "mode": "asynchronous" if args.jack_async else "synchronous (-S)",
+        }
         tmp = Path(tempfile.mkdtemp(prefix="companion-bench-"))
         try:
             with JackServer(args.period, args.rate, sync=not args.jack_async):
@@ -56,20 +65,22 @@ def run(args, sections: set[str]) -> dict:
     if "engine" in sections:
         r["engine"] = []
         for model in shipped:
-            r["engine"].append(measure.measure_engine(model, 300 if args.smoke else 2000,
-                                                      provider))
+            r["engine"].append(measure.measure_engine(model, 300 if args.smoke else 2000, provider))
             e = r["engine"][-1]
-            _log(f"engine {model.stem}: ORT {_fmt(e['ort_ms'])}, torch "
-                 f"{_fmt(e['torch_ms']) if e['torch_ms'] else 'n/a'}, "
-                 f"RTF {e['real_time_factor']:.0f}x")
+            _log(
+                f"engine {model.stem}: ORT {_fmt(e['ort_ms'])}, torch "
+                f"{_fmt(e['torch_ms']) if e['torch_ms'] else 'n/a'}, "
+                f"RTF {e['real_time_factor']:.0f}x"
+            )
         if not shipped:
             skip("engine", f"no model in {zoo}")
     r["machine"]["load_avg_end"] = measure.machine()["load_avg"]
     return r
 
 
-def _through_jack(r: dict, sections: set[str], args, zoo: Path, playable: dict,
-                  provider: str, tmp: Path, skip) -> None:
+def _through_jack(
+    r: dict, sections: set[str], args, zoo: Path, playable: dict, provider: str, tmp: Path, skip
+) -> None:
     """The JACK sections of `sections` into `r`, on the running private server."""
     smoke = args.smoke
     if "floor" in sections:
@@ -78,8 +89,9 @@ def _through_jack(r: dict, sections: set[str], args, zoo: Path, playable: dict,
     if "harmonize" in sections:
         if "chorale" in playable:
             path = preset_copy("chorale", tmp / "chorale.toml", zoo=zoo)
-            r["harmonize"] = h = measure.measure_harmonize(path, 100 if smoke else 500, 120,
-                                                           provider)
+            r["harmonize"] = h = measure.measure_harmonize(
+                path, 100 if smoke else 500, 120, provider
+            )
             _log(f"harmonize: {_fmt(h['latency_ms'])}, answered {h['answered']}/{h['notes']}")
         else:
             skip("harmonize", f"no chorale model in {zoo}")
@@ -87,20 +99,29 @@ def _through_jack(r: dict, sections: set[str], args, zoo: Path, playable: dict,
         continuing = [n for n in ("folk", "piano") if n in playable]
         if continuing:
             path = preset_copy(continuing[0], tmp / "continue.toml", zoo=zoo)
-            r["timing_continue"] = measure.measure_continue_timing(path, 2 if smoke else 8,
-                                                                   provider)
+            r["timing_continue"] = measure.measure_continue_timing(
+                path, 2 if smoke else 8, provider
+            )
             _log(f"timing ({continuing[0]}): {_fmt(r['timing_continue']['error_ms'])}")
         else:
             skip("timing", f"no folk or piano model in {zoo}")
     if "session" in sections:
         if "chorale" in playable:
-            path = preset_copy("chorale", tmp / "session.toml", zoo=zoo, harmonize=False,
-                               timing={"bpm": 120, "grid": 0.25})
+            path = preset_copy(
+                "chorale",
+                tmp / "session.toml",
+                zoo=zoo,
+                harmonize=False,
+                timing={"bpm": 120, "grid": 0.25},
+            )
             seconds = args.session_s or (30.0 if smoke else 600.0)
-            r["session"] = s = measure.measure_session(path, seconds, 120, tmp / "session.mid",
-                                                       provider)
-            _log(f"session {seconds:g} s: late dropped {s['late_dropped']}, timing "
-                 f"{_fmt(s['error_ms'])}, peak RSS {s['peak_rss_mb']:.0f} MB")
+            r["session"] = s = measure.measure_session(
+                path, seconds, 120, tmp / "session.mid", provider
+            )
+            _log(
+                f"session {seconds:g} s: late dropped {s['late_dropped']}, timing "
+                f"{_fmt(s['error_ms'])}, peak RSS {s['peak_rss_mb']:.0f} MB"
+            )
         else:
             skip("session", f"no chorale model in {zoo}")
     if "startup" in sections:

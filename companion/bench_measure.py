@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from companion import presets
-from companion.errors import CompanionError
-from companion.jack_harness import (
+from midi_companion import presets
+from midi_companion.errors import CompanionError
+from midi_companion.jack_harness import (
     DaemonProcess,
     Keyboard,
     Listener,
@@ -40,8 +40,8 @@ from companion.jack_harness import (
     preset_toml,
     sleep_until,
 )
-from companion.ports import close_client
-from companion.stats import percentiles
+from midi_companion.ports import close_client
+from midi_companion.stats import percentiles
 
 MS = 1_000_000
 ECHO = "companion-echo"  # the floor's echo client
@@ -61,8 +61,13 @@ def machine() -> dict:
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_avg": load,
-            "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_avg": load,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def playable_presets(zoo: Path) -> dict[str, Path]:
@@ -86,12 +91,21 @@ def summary_ms(values_ns: list[int]) -> dict:
     if not values_ns:
         return {"n": 0}
     p50, p99 = percentiles(values_ns, 50, 99)
-    return {"n": len(values_ns), "p50": p50 / MS, "p99": p99 / MS, "max": max(values_ns) / MS,
-            "mean": sum(values_ns) / len(values_ns) / MS}
+    return {
+        "n": len(values_ns),
+        "p50": p50 / MS,
+        "p99": p99 / MS,
+        "max": max(values_ns) / MS,
+        "mean": sum(values_ns) / len(values_ns) / MS,
+    }
 
 
-def grid_errors(stamps: Iterable[int], beat_at: Callable[[int], float],
-                time_at: Callable[[float], int], grid: float) -> list[int]:
+def grid_errors(
+    stamps: Iterable[int],
+    beat_at: Callable[[int], float],
+    time_at: Callable[[float], int],
+    grid: float,
+) -> list[int]:
     """|t - nearest grid line| for each stamp, with the grid in beats of the given clock."""
     return [abs(t - time_at(round(beat_at(t) / grid) * grid)) for t in stamps]
 
@@ -130,8 +144,15 @@ def echo_client() -> None:
 def measure_floor(notes: int) -> dict:
     """Round trip note-on out -> the echo's note-on back, over `notes` notes."""
     echo = subprocess.Popen(
-        [sys.executable, "-c", "from companion.bench_measure import echo_client; echo_client()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "from midi_companion.bench_measure import echo_client; echo_client()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         if echo.stdout.readline().strip() != "ready":
             raise CompanionError("the echo client did not start")
@@ -201,8 +222,11 @@ def measure_harmonize(preset: Path, notes: int, bpm: float, provider: str = "aut
             t = keyboard.send((0x90, pitch, 90))
             # until 10 ms before the next grid line, whose step was committed ahead
             left = (daemon.time_at(b0 + (i + 1) * grid) - 10 * MS - time.perf_counter_ns()) / 1e9
-            got = listener.wait_for(lambda tt, m, t=t: tt >= t and is_note_on(m)
-                                    and m[0] & 0x0F in voices, max(left, 0.0), mark)
+            got = listener.wait_for(
+                lambda tt, m, t=t: tt >= t and is_note_on(m) and m[0] & 0x0F in voices,
+                max(left, 0.0),
+                mark,
+            )
             if got is not None:
                 latencies.append(got[0] - t)
             sleep_until(daemon.time_at(b0 + (i + 0.9) * grid))
@@ -210,10 +234,17 @@ def measure_harmonize(preset: Path, notes: int, bpm: float, provider: str = "aut
         status = [e for _, e in daemon.events if e.get("event") == "status"]
     finally:
         stopped = _finish(daemon, keyboard, listener)
-    return {"notes": notes, "answered": len(latencies), "bpm": bpm, "grid": grid,
-            "latency_ms": summary_ms(latencies), "late_dropped": stopped["late_dropped"],
-            "inference_ms": {"p50": status[-1]["infer_p50_ms"], "p99": status[-1]["infer_p99_ms"]}
-            if status else None}
+    return {
+        "notes": notes,
+        "answered": len(latencies),
+        "bpm": bpm,
+        "grid": grid,
+        "latency_ms": summary_ms(latencies),
+        "late_dropped": stopped["late_dropped"],
+        "inference_ms": {"p50": status[-1]["infer_p50_ms"], "p99": status[-1]["infer_p99_ms"]}
+        if status
+        else None,
+    }
 
 
 def measure_continue_timing(preset: Path, cycles: int, provider: str = "auto") -> dict:
@@ -229,8 +260,10 @@ def measure_continue_timing(preset: Path, cycles: int, provider: str = "auto") -
             events, last_off = [], b0
             for i, pitch in enumerate(melody(8, seed=c)):
                 last_off = b0 + i / 2 + 0.45
-                events += [(daemon.time_at(b0 + i / 2), (0x90, pitch, 90)),
-                           (daemon.time_at(last_off), (0x80, pitch, 0))]
+                events += [
+                    (daemon.time_at(b0 + i / 2), (0x90, pitch, 90)),
+                    (daemon.time_at(last_off), (0x80, pitch, 0)),
+                ]
             keyboard.play(events)
             unit = t.beats_per_bar if t.start_on == "bar" else 1
             start = (math.floor((last_off + t.silence_beats) / unit) + 1) * unit
@@ -239,8 +272,14 @@ def measure_continue_timing(preset: Path, cycles: int, provider: str = "auto") -
     finally:
         stopped = _finish(daemon, keyboard, listener)
     errors = grid_errors(stamps, daemon.beat_at, daemon.time_at, grid)
-    return {"preset": p.name, "cycles": cycles, "grid": grid, "error_ms": summary_ms(errors),
-            "late_dropped": stopped["late_dropped"], "dispatch_ms": _dispatch(stopped)}
+    return {
+        "preset": p.name,
+        "cycles": cycles,
+        "grid": grid,
+        "error_ms": summary_ms(errors),
+        "late_dropped": stopped["late_dropped"],
+        "dispatch_ms": _dispatch(stopped),
+    }
 
 
 def _dispatch(stopped: dict) -> dict:
@@ -248,8 +287,9 @@ def _dispatch(stopped: dict) -> dict:
     return {k: stopped[f"lateness_{k}_ms"] for k in ("p50", "p99", "max")}
 
 
-def measure_session(preset: Path, seconds: float, bpm: float, record: Path,
-                    provider: str = "auto") -> dict:
+def measure_session(
+    preset: Path, seconds: float, bpm: float, record: Path, provider: str = "auto"
+) -> dict:
     """Continuous play, recorded to `record`: eighth notes of a random melody for `seconds`,
     accompanied on the 16th-note grid (harmonize off, so every accompaniment message is
     scheduled on a grid line). Late drops, |arrival - grid| of the accompaniment and the
@@ -257,8 +297,9 @@ def measure_session(preset: Path, seconds: float, bpm: float, record: Path,
     p = presets.load(str(preset))
     voices = {t.channel - 1 for t in p.tracks}
     grid = p.timing.grid
-    daemon, keyboard, listener = _session(preset, "--bpm", bpm, "--record", record,
-                                          "--provider", provider)
+    daemon, keyboard, listener = _session(
+        preset, "--bpm", bpm, "--record", record, "--provider", provider
+    )
     try:
         b0 = math.floor(daemon.beat_at(time.perf_counter_ns() + 500 * MS)) + 1
         n = int(seconds * bpm / 60 * 2)
@@ -269,15 +310,27 @@ def measure_session(preset: Path, seconds: float, bpm: float, record: Path,
             keyboard.send((0x80, pitch, 0))
         end = time.perf_counter_ns()
         rss = daemon.peak_rss_mb()
-        stamps = [s for s, m in listener.heard
-                  if s < end and len(m) == 3 and m[0] & 0xE0 == 0x80 and m[0] & 0x0F in voices]
+        stamps = [
+            s
+            for s, m in listener.heard
+            if s < end and len(m) == 3 and m[0] & 0xE0 == 0x80 and m[0] & 0x0F in voices
+        ]
     finally:
         stopped = _finish(daemon, keyboard, listener)
     errors = grid_errors(stamps, daemon.beat_at, daemon.time_at, grid)
-    return {"preset": p.name, "seconds": seconds, "bpm": bpm, "grid": grid,
-            "lead_notes": n, "messages": len(stamps), "late_dropped": stopped["late_dropped"],
-            "sent": stopped["sent"], "error_ms": summary_ms(errors),
-            "dispatch_ms": _dispatch(stopped), "peak_rss_mb": rss}
+    return {
+        "preset": p.name,
+        "seconds": seconds,
+        "bpm": bpm,
+        "grid": grid,
+        "lead_notes": n,
+        "messages": len(stamps),
+        "late_dropped": stopped["late_dropped"],
+        "sent": stopped["sent"],
+        "error_ms": summary_ms(errors),
+        "dispatch_ms": _dispatch(stopped),
+        "peak_rss_mb": rss,
+    }
 
 
 def measure_startup(preset: Path, runs: int, provider: str = "auto") -> dict:
@@ -310,11 +363,11 @@ def measure_engine(path: Path, steps: int, provider: str = "auto") -> dict:
     and torch eager on the very same step inputs when torch is importable."""
     import numpy as np
 
-    from companion.engine import Engine
-    from companion.modelfile import load
-    from companion.sampling import Sampling
-    from companion.score import Note, Score
-    from companion.voices import Accompanist, voice_for
+    from midi_companion.engine import Engine
+    from midi_companion.modelfile import load
+    from midi_companion.sampling import Sampling
+    from midi_companion.score import Note, Score
+    from midi_companion.voices import Accompanist, voice_for
 
     model = load(path)
     rng = np.random.default_rng(0)
@@ -348,11 +401,19 @@ def measure_engine(path: Path, steps: int, provider: str = "auto") -> dict:
             decoder.feed(voice.next(rng, sampling, decoder.allowed()))
         wall, beats = time.perf_counter_ns() - t0, decoder.position - start
     ort_ms = [round(ms * MS) for ms in engine.step_ms]
-    return {"model": path.stem, "family": model.family, "protocol": model.protocol,
-            "parameters": model.parameters, "steps": len(ort_ms), "bpm": bpm,
-            "ort_ms": summary_ms(ort_ms), "torch_ms": _torch_eager(model, feeds),
-            "beats": beats, "seconds": wall / 1e9,
-            "real_time_factor": beats * 60 / bpm / (wall / 1e9) if wall else None}
+    return {
+        "model": path.stem,
+        "family": model.family,
+        "protocol": model.protocol,
+        "parameters": model.parameters,
+        "steps": len(ort_ms),
+        "bpm": bpm,
+        "ort_ms": summary_ms(ort_ms),
+        "torch_ms": _torch_eager(model, feeds),
+        "beats": beats,
+        "seconds": wall / 1e9,
+        "real_time_factor": beats * 60 / bpm / (wall / 1e9) if wall else None,
+    }
 
 
 def _record(engine, feeds: list, limit: int) -> None:
@@ -375,10 +436,20 @@ def _torch_eager(model, feeds: list[dict]) -> dict | None:
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "feeds.npz"
-        np.savez(path, **{f"{i}/{k}": np.asarray(v) for i, f in enumerate(feeds)
-                          for k, v in f.items()})
-        r = subprocess.run([sys.executable, "-m", "export.eager_timing", str(model.path),
-                            str(path)], capture_output=True, text=True)
+        np.savez(
+            path, **{f"{i}/{k}": np.asarray(v) for i, f in enumerate(feeds) for k, v in f.items()}
+        )
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "midi_companion.export.eager_timing",
+                str(model.path),
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+        )
     if r.returncode != 0:
         if "No module named 'torch'" in r.stderr:
             return None

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from companion.errors import DataError
-from companion.representations.multitrack import CHOIR, SATB
-from companion.representations.pianoroll import PianoRoll
-from companion.score import Note, Score, Track
+from midi_companion.errors import DataError
+from midi_companion.representations.multitrack import CHOIR, SATB
+from midi_companion.representations.pianoroll import PianoRoll
+from midi_companion.score import Note, Score, Track
 
 ENV = "MIDI_COMPANION_DATA"
 PREFIX = "benchmark:"  # a corpus spec names a benchmark source as "benchmark:<name>"
@@ -60,11 +60,15 @@ def data_dir() -> Path:
         for folder in (root / "benchmarks", root):
             if _data_file(folder / FILES["jsb"]) is not None:
                 return folder
-        raise DataError(f"{ENV}={env}: holds neither benchmarks/{FILES['jsb']} nor "
-                        f"{FILES['jsb']} (plain or .xz)")
+        raise DataError(
+            f"{ENV}={env}: holds neither benchmarks/{FILES['jsb']} nor "
+            f"{FILES['jsb']} (plain or .xz)"
+        )
     if _data_file(SHIPPED / FILES["jsb"]) is None:
-        raise DataError(f"benchmark data not found in {SHIPPED} (an incomplete install?); "
-                        f"set {ENV} to a folder holding it")
+        raise DataError(
+            f"benchmark data not found in {SHIPPED} (an incomplete install?); "
+            f"set {ENV} to a folder holding it"
+        )
     return SHIPPED
 
 
@@ -103,7 +107,7 @@ def parse_corpus(spec: str) -> tuple[list[str], str]:
     (``benchmark:<name>``, in order) and its other sources joined by '+' again (for
     models.corpora; '' when there are none)."""
     parts = [p.strip() for p in spec.split("+")]
-    names = [p[len(PREFIX):] for p in parts if p.startswith(PREFIX)]
+    names = [p[len(PREFIX) :] for p in parts if p.startswith(PREFIX)]
     return names, "+".join(p for p in parts if not p.startswith(PREFIX))
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from companion import presets
-from companion.errors import PresetError
+from midi_companion import presets
+from midi_companion.errors import PresetError
 
 
 def ports(args) -> int:
-    from companion.ports import list_ports
+    from midi_companion.ports import list_ports
 
     found = list_ports(args.backend)
     for key in ("inputs", "outputs"):
@@ -39,23 +39,27 @@ def presets_cmd(args) -> int:
 
 
 def _offline(args, mode: str, bars=None) -> int:
-    from companion.offline import input_parts, perform
-    from companion.outfiles import check_output
-    from companion.score import Score
+    from midi_companion.offline import input_parts, perform
+    from midi_companion.outfiles import check_output
+    from midi_companion.score import Score
 
     preset = presets.load(args.preset)
     check_output(args.output, "-o", inputs=[args.input])
     if preset.mode != mode and not (mode == "accompany" and preset.mode == "jam"):
-        raise PresetError(f"{preset.path}: mode is {preset.mode!r}; `companion {mode}` needs "
-                          f"a preset whose mode is {mode!r}")
+        raise PresetError(
+            f"{preset.path}: mode is {preset.mode!r}; `companion {mode}` needs "
+            f"a preset whose mode is {mode!r}"
+        )
     score = Score.from_midi(args.input)
     if not score.notes:
         raise PresetError(f"{args.input}: has no notes to {mode}")
     result = perform(preset, score, seed=args.seed, bars=bars, source=str(args.input))
     result.to_midi(args.output)
-    generated = result.tracks[len(input_parts(score)):]  # the input's parts come first
-    print(f"wrote {Path(args.output)}: {len(score.notes)} input notes, "
-          f"{sum(len(t.notes) for t in generated)} generated on {len(generated)} track(s)")
+    generated = result.tracks[len(input_parts(score)) :]  # the input's parts come first
+    print(
+        f"wrote {Path(args.output)}: {len(score.notes)} input notes, "
+        f"{sum(len(t.notes) for t in generated)} generated on {len(generated)} track(s)"
+    )
     return 0
 
 

@@ -25,13 +25,13 @@ import threading
 import time
 import traceback
 
-from companion import ports, presets
-from companion.engine import check_provider
-from companion.errors import CompanionError, MidiFileError, MidiPortError
-from companion.outfiles import check_output
-from companion.performer import Performer, make_clock
-from companion.recorder import FLUSH_EVERY_S, Recorder
-from companion.scheduler import Scheduler, configure_realtime, freeze_heap
+from midi_companion import ports, presets
+from midi_companion.engine import check_provider
+from midi_companion.errors import CompanionError, MidiFileError, MidiPortError
+from midi_companion.outfiles import check_output
+from midi_companion.performer import Performer, make_clock
+from midi_companion.recorder import FLUSH_EVERY_S, Recorder
+from midi_companion.scheduler import Scheduler, configure_realtime, freeze_heap
 
 TICK_S = 0.002  # how often the performer generates ahead (it does nothing when idle)
 STATUS_EVERY_S = 0.5
@@ -46,11 +46,24 @@ class Daemon:
     """One performance on a pair of ports. Built (models loaded) before the ports exist;
     `attach(inp, out)` starts sending, `run()` plays until `stopping` is set."""
 
-    def __init__(self, preset, inp=None, out=None, *, clock_kind="internal", bpm=None,
-                 seed=None, record=None, quiet=False, log_json=False,
-                 now_ns=time.perf_counter_ns, status_stream=sys.stderr,
-                 stopping: threading.Event | None = None, provider: str = "auto",
-                 debug: bool = False):
+    def __init__(
+        self,
+        preset,
+        inp=None,
+        out=None,
+        *,
+        clock_kind="internal",
+        bpm=None,
+        seed=None,
+        record=None,
+        quiet=False,
+        log_json=False,
+        now_ns=time.perf_counter_ns,
+        status_stream=sys.stderr,
+        stopping: threading.Event | None = None,
+        provider: str = "auto",
+        debug: bool = False,
+    ):
         self.preset = preset
         self.inp = self.out = None
         self.watch = None
@@ -72,8 +85,9 @@ class Daemon:
             self.clock.start()
         self.recorder = Recorder(record, self.bpm) if record else None
         # started by attach(): nothing is sent before there is a port to send it to
-        self.scheduler = Scheduler(self._send, now_ns=now_ns,
-                                   tolerance_ns=int(preset.timing.tolerance_ms * 1e6))
+        self.scheduler = Scheduler(
+            self._send, now_ns=now_ns, tolerance_ns=int(preset.timing.tolerance_ms * 1e6)
+        )
         if clock_kind == "internal":  # where beat 0 fell (perf_counter_ns), so scripts and
             # tests on this machine can line up with our beats
             self.event("clock", bpm=self.bpm, beat0_ns=self.clock.time_at(0.0))
@@ -98,12 +112,14 @@ class Daemon:
             self.recorder.companion(self.clock.beat_at(self.now_ns()), msg)
 
     def _perform(self, preset) -> Performer:
-        performer = Performer(preset, self.scheduler, self.clock, seed=self.seed,
-                              provider=self.provider)
+        performer = Performer(
+            preset, self.scheduler, self.clock, seed=self.seed, provider=self.provider
+        )
         freeze_heap()  # loaded and warm: no full collection walks it while playing
         if self.recorder is not None:
-            self.recorder.names.update({t.channel - 1: t.name for t in
-                                        preset.tracks + preset.solo_tracks})
+            self.recorder.names.update(
+                {t.channel - 1: t.name for t in preset.tracks + preset.solo_tracks}
+            )
         return performer
 
     def _announce(self, preset, performer) -> None:
@@ -111,8 +127,9 @@ class Daemon:
         open, models warm), and what the user should know about how it runs."""
         now = self.now_ns()  # all notes off and the programs, first
         self.scheduler.schedule_many([(now, m) for m in performer.start_messages()])
-        self.event("preset", name=preset.name, mode=preset.mode,
-                   provider=",".join(performer.providers))
+        self.event(
+            "preset", name=preset.name, mode=preset.mode, provider=",".join(performer.providers)
+        )
         for note in performer.provider_notes:  # info: why CUDA is not used
             self.event("provider", provider=",".join(performer.providers), why=note)
             if not self.quiet:
@@ -186,8 +203,10 @@ class Daemon:
         if self.watch is not None and self.watch.gone.is_set():
             self._gone = True
             where = f"; the recording is in {self.recorder.path}" if self.recorder else ""
-            raise MidiSystemGone(f"the JACK server went away while playing, so the companion "
-                                 f"stopped{where}; start the server again, then companion run")
+            raise MidiSystemGone(
+                f"the JACK server went away while playing, so the companion "
+                f"stopped{where}; start the server again, then companion run"
+            )
 
     def _hiccup(self, err: Exception) -> None:
         """An error while handling an event or generating: drop that response (nothing left
@@ -200,8 +219,9 @@ class Daemon:
             return
         self._told.add(key)
         self.event("error", error=type(err).__name__, message=what, action="response dropped")
-        self.say(f"warning: a response was dropped after an error ({what}); playing on",
-                 always=True)
+        self.say(
+            f"warning: a response was dropped after an error ({what}); playing on", always=True
+        )
         if self.debug:
             traceback.print_exception(err, file=self.status_stream)
 
@@ -216,12 +236,17 @@ class Daemon:
             err = self.scheduler.last_error
             what = _one_line(err) if err is not None else "unknown error"
             self.event("send_failing", port=self.out.name, error=what, send_errors=errors)
-            self.say(f"warning: sending to {self.out.name!r} fails ({what}); what the "
-                     f"companion plays is lost until it works again", always=True)
+            self.say(
+                f"warning: sending to {self.out.name!r} fails ({what}); what the "
+                f"companion plays is lost until it works again",
+                always=True,
+            )
         else:
             self.event("send_recovered", port=self.out.name, send_errors=errors)
-            self.say(f"sending to {self.out.name!r} works again ({errors} message(s) lost in "
-                     f"all)", always=True)
+            self.say(
+                f"sending to {self.out.name!r} works again ({errors} message(s) lost in all)",
+                always=True,
+            )
 
     def shutdown(self) -> None:
         """Nothing left sounding, the recording on disk, ports closed."""
@@ -261,26 +286,36 @@ class Daemon:
         p50, p99 = self.performer.inference_ms()
         stats = self.scheduler.summary()
         fields = {
-            "in": self.inp.name, "out": self.out.name,
+            "in": self.inp.name,
+            "out": self.out.name,
             "provider": ",".join(self.performer.providers),
-            "bpm": round(self.clock.bpm, 1), "clock": self.clock_kind,
-            "mode": self.preset.mode, "preset": self.preset.name,
+            "bpm": round(self.clock.bpm, 1),
+            "clock": self.clock_kind,
+            "mode": self.preset.mode,
+            "preset": self.preset.name,
             "notes_in": self.performer.notes_in,
             "notes_out": sum(o.notes_out for o in self.performer.outputs),
-            "infer_p50_ms": round(p50, 2), "infer_p99_ms": round(p99, 2),
+            "infer_p50_ms": round(p50, 2),
+            "infer_p99_ms": round(p99, 2),
             "late_dropped": stats["late_dropped"],
-            "send_errors": stats["send_errors"], "errors": self.errors,
+            "send_errors": stats["send_errors"],
+            "errors": self.errors,
         }
         if self.log_json:
             self.event("status", **fields)
         elif not self.quiet:
-            line = (f"{fields['preset']} [{fields['mode']}] {fields['bpm']} bpm "
-                    f"({fields['clock']}) | in {fields['notes_in']} out {fields['notes_out']} | "
-                    f"infer {fields['infer_p50_ms']}/{fields['infer_p99_ms']} ms p50/p99 | "
-                    f"late {fields['late_dropped']} | {fields['provider']}")
+            line = (
+                f"{fields['preset']} [{fields['mode']}] {fields['bpm']} bpm "
+                f"({fields['clock']}) | in {fields['notes_in']} out {fields['notes_out']} | "
+                f"infer {fields['infer_p50_ms']}/{fields['infer_p99_ms']} ms p50/p99 | "
+                f"late {fields['late_dropped']} | {fields['provider']}"
+            )
             if fields["send_errors"]:
-                line += (f" | SEND FAILING ({fields['send_errors']})" if self._sends_failing
-                         else f" | send errors {fields['send_errors']}")
+                line += (
+                    f" | SEND FAILING ({fields['send_errors']})"
+                    if self._sends_failing
+                    else f" | send errors {fields['send_errors']}"
+                )
             if fields["errors"]:
                 line += f" | dropped after errors {fields['errors']}"
             print("\r" + line[:160].ljust(160), end="", file=self.status_stream, flush=True)
@@ -322,10 +357,18 @@ def main(args) -> int:
             signal.signal(getattr(signal, name), lambda *_: stopping.set())
     # The models are loaded and checked against the preset before any port opens: a preset
     # whose model does not fit ends here, leaving no port and no thread behind.
-    daemon = Daemon(preset, clock_kind=args.clock, bpm=args.bpm, seed=args.seed,
-                    record=args.record, quiet=args.quiet, log_json=args.log_json,
-                    stopping=stopping, provider=args.provider,
-                    debug=getattr(args, "debug", False))
+    daemon = Daemon(
+        preset,
+        clock_kind=args.clock,
+        bpm=args.bpm,
+        seed=args.seed,
+        record=args.record,
+        quiet=args.quiet,
+        log_json=args.log_json,
+        stopping=stopping,
+        provider=args.provider,
+        debug=getattr(args, "debug", False),
+    )
     try:
         inp = ports.open_input(args.inp, backend=backend)
         try:
@@ -339,9 +382,11 @@ def main(args) -> int:
     system = ports.system_name(backend)
     daemon.event("backend", backend=backend, system=system, why=why)
     if not args.quiet and not args.log_json:
-        print(f"midi-companion: listening on {inp.name!r}, playing on {out.name!r} through "
-              f"the {system} ({why}; preset {preset.name}, {preset.mode}); Ctrl-C to stop",
-              file=sys.stderr)
+        print(
+            f"midi-companion: listening on {inp.name!r}, playing on {out.name!r} through "
+            f"the {system} ({why}; preset {preset.name}, {preset.mode}); Ctrl-C to stop",
+            file=sys.stderr,
+        )
     watch = ports.JackWatch.start(verbose=daemon.debug) if backend == "jack" else None
     daemon.attach(inp, out, watch)
     return daemon.run()

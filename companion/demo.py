@@ -10,17 +10,33 @@ from __future__ import annotations
 import threading
 import time
 
-from companion import presets
-from companion.daemon import Daemon
-from companion.outfiles import check_output
-from companion.ports import loopback_pair
-from companion.scheduler import configure_realtime
+from midi_companion import presets
+from midi_companion.daemon import Daemon
+from midi_companion.outfiles import check_output
+from midi_companion.ports import loopback_pair
+from midi_companion.scheduler import configure_realtime
 
 # "Mary had a little lamb", two bars and a half (beat, pitch, beats)
-PHRASE = [(0, 64, 0.75), (0.75, 62, 0.25), (1, 60, 0.5), (1.5, 62, 0.5), (2, 64, 0.5),
-          (2.5, 64, 0.5), (3, 64, 1), (4, 62, 0.5), (4.5, 62, 0.5), (5, 62, 1), (6, 64, 0.5),
-          (6.5, 67, 0.5), (7, 67, 1), (8, 64, 0.75), (8.75, 62, 0.25), (9, 60, 0.5),
-          (9.5, 62, 0.5), (10, 64, 2)]
+PHRASE = [
+    (0, 64, 0.75),
+    (0.75, 62, 0.25),
+    (1, 60, 0.5),
+    (1.5, 62, 0.5),
+    (2, 64, 0.5),
+    (2.5, 64, 0.5),
+    (3, 64, 1),
+    (4, 62, 0.5),
+    (4.5, 62, 0.5),
+    (5, 62, 1),
+    (6, 64, 0.5),
+    (6.5, 67, 0.5),
+    (7, 67, 1),
+    (8, 64, 0.75),
+    (8.75, 62, 0.25),
+    (9, 60, 0.5),
+    (9.5, 62, 0.5),
+    (10, 64, 2),
+]
 NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
 
 
@@ -34,14 +50,15 @@ def main(args) -> int:
     configure_realtime()
     to_daemon, daemon_in = loopback_pair("demo player")
     daemon_out, heard = loopback_pair("demo listener")
-    daemon = Daemon(preset, daemon_in, daemon_out, seed=args.seed, record=args.output,
-                    quiet=True)
+    daemon = Daemon(preset, daemon_in, daemon_out, seed=args.seed, record=args.output, quiet=True)
     runner = threading.Thread(target=daemon.run, name="daemon")
     runner.start()
     clock = daemon.clock
     beat0 = float(int(clock.beat_at(time.perf_counter_ns())) + 1)
-    print(f"demo: preset {preset.name} ({preset.mode}) at {clock.bpm:g} bpm; playing "
-          f"{len(PHRASE)} notes ...")
+    print(
+        f"demo: preset {preset.name} ({preset.mode}) at {clock.bpm:g} bpm; playing "
+        f"{len(PHRASE)} notes ..."
+    )
     for onset, is_on, pitch in sorted(_events(PHRASE)):
         _sleep_until(clock.time_at(beat0 + onset))
         to_daemon.send((0x90, pitch, 90) if is_on else (0x80, pitch, 0))
@@ -75,10 +92,14 @@ def _report(heard, clock, beat0: float) -> None:
     if not notes:
         print("demo: the companion played nothing")
         return
-    print(f"demo: the companion answered with {len(notes)} notes "
-          f"(beat from the phrase start, channel, note, velocity, off-grid ms):")
+    print(
+        f"demo: the companion answered with {len(notes)} notes "
+        f"(beat from the phrase start, channel, note, velocity, off-grid ms):"
+    )
     period_ms = 60_000.0 / clock.bpm
     for beat, ch, pitch, vel in notes:
         off = (beat - round(beat * 4) / 4) * period_ms
-        print(f"  beat {beat:7.3f}  ch {ch + 1:2d}  {note_name(pitch):>4}  vel {vel:3d}  "
-              f"{off:+6.2f} ms")
+        print(
+            f"  beat {beat:7.3f}  ch {ch + 1:2d}  {note_name(pitch):>4}  vel {vel:3d}  "
+            f"{off:+6.2f} ms"
+        )

@@ -24,25 +24,29 @@ def _wheel_conflict() -> str | None:
         metadata.version("onnxruntime-gpu")
     except metadata.PackageNotFoundError:
         return None
-    return ("both onnxruntime and onnxruntime-gpu are installed; keep one: "
-            "pip uninstall -y onnxruntime && pip install --force-reinstall onnxruntime-gpu")
+    return (
+        "both onnxruntime and onnxruntime-gpu are installed; keep one: "
+        "pip uninstall -y onnxruntime && pip install --force-reinstall onnxruntime-gpu"
+    )
 
 
 PROVIDERS = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
 #: what `--provider auto` does, for --help and the log
-AUTO_CHOOSES = ("the CPU: a step of these small step graphs takes ~0.1 ms there, less than a "
-                "CUDA launch costs")
+AUTO_CHOOSES = (
+    "the CPU: a step of these small step graphs takes ~0.1 ms there, less than a CUDA launch costs"
+)
 
 
 def check_provider(provider: str) -> None:
     """ProviderError unless `provider` is one of PROVIDERS and, for "cuda", onnxruntime has a
     CUDA provider at all (whether it loads a model is only known when it tries)."""
-    from companion.errors import ProviderError
+    from midi_companion.errors import ProviderError
 
     if provider not in PROVIDERS:
-        raise ProviderError(f"unknown execution provider {provider!r}; use one of "
-                            f"{', '.join(PROVIDERS)}")
+        raise ProviderError(
+            f"unknown execution provider {provider!r}; use one of {', '.join(PROVIDERS)}"
+        )
     if provider != "cuda":
         return
     import onnxruntime as ort
@@ -52,14 +56,15 @@ def check_provider(provider: str) -> None:
         raise ProviderError(
             f"--provider cuda: this onnxruntime has no CUDA provider (it has "
             f"{', '.join(available)}); install onnxruntime-gpu alone (see README, GPU), or "
-            f"use --provider cpu")
+            f"use --provider cpu"
+        )
 
 
 def open_session(model, provider: str = "auto", threads: int = 1):
     """The onnxruntime session to step `model` with, and why CUDA is not used (None when it
     is): "cpu" never tries CUDA, "auto" keeps the CPU (AUTO_CHOOSES), "cuda" runs on CUDA or
     raises ProviderError saying why it cannot."""
-    from companion.errors import ProviderError
+    from midi_companion.errors import ProviderError
 
     check_provider(provider)
     if provider == "cpu":
@@ -69,24 +74,30 @@ def open_session(model, provider: str = "auto", threads: int = 1):
     available = ort.get_available_providers()
     if provider == "auto":
         if CUDA in available:
-            return model.session, (f"CUDA is available but not used: --provider auto chooses "
-                                   f"{AUTO_CHOOSES}; --provider cuda to use it")
-        return model.session, (f"CPU: this onnxruntime has no CUDA provider (it has "
-                               f"{', '.join(available)})")
-    from companion.modelfile import session_options
+            return model.session, (
+                f"CUDA is available but not used: --provider auto chooses "
+                f"{AUTO_CHOOSES}; --provider cuda to use it"
+            )
+        return model.session, (
+            f"CPU: this onnxruntime has no CUDA provider (it has {', '.join(available)})"
+        )
+    from midi_companion.modelfile import session_options
 
     try:
-        sess = ort.InferenceSession(str(model.path), session_options(threads),
-                                    providers=[CUDA, "CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            str(model.path), session_options(threads), providers=[CUDA, "CPUExecutionProvider"]
+        )
     except Exception as err:  # onnxruntime's own kinds: say what it said, on one line
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise ProviderError(f"--provider cuda: CUDA cannot run {model.path} ({first}); use "
-                            f"--provider cpu") from err
+        raise ProviderError(
+            f"--provider cuda: CUDA cannot run {model.path} ({first}); use --provider cpu"
+        ) from err
     if sess.get_providers()[0] != CUDA:  # the CUDA libraries did not load: it fell back
         raise ProviderError(
             f"--provider cuda: onnxruntime fell back to {sess.get_providers()[0]} for "
             f"{model.path} (its CUDA libraries did not load: CUDA or cuDNN missing or of "
-            f"another version); use --provider cpu")
+            f"another version); use --provider cpu"
+        )
     return sess, None
 
 

@@ -35,8 +35,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from companion.errors import DataError, ModelError
-from companion.sampling import ascending_mask, log_softmax
+from midi_companion.errors import DataError, ModelError
+from midi_companion.sampling import ascending_mask, log_softmax
 
 BENCHMARKS = ("jsb", "nottingham", "musedata", "piano-midi")
 
@@ -44,12 +44,13 @@ BENCHMARKS = ("jsb", "nottingham", "musedata", "piano-midi")
 def _pad_streams(streams: list[np.ndarray], pad: int) -> np.ndarray:
     out = np.full((len(streams), max(len(s) for s in streams)), pad, dtype=np.int64)
     for i, s in enumerate(streams):
-        out[i, :len(s)] = s
+        out[i, : len(s)] = s
     return out
 
 
-def _token_rollout(engine, streams: list[np.ndarray], groups: list[np.ndarray], pad: int,
-                   ascending: bool = False) -> np.ndarray:
+def _token_rollout(
+    engine, streams: list[np.ndarray], groups: list[np.ndarray], pad: int, ascending: bool = False
+) -> np.ndarray:
     """Summed NLL [2] of stream[i + 1] after feeding stream[..i], per group of the unit that
     token belongs to: 0 = the piece's first unit, 1 = a later one (-1: not scored); with
     `ascending`, under the keys-ascending mask (nade-step, multitrack-step).
@@ -59,12 +60,12 @@ def _token_rollout(engine, streams: list[np.ndarray], groups: list[np.ndarray], 
     B, n = toks.shape
     group = np.full((B, max(n - 1, 0)), -1, dtype=np.int64)
     for i, g in enumerate(groups):
-        group[i, :len(g)] = g
+        group[i, : len(g)] = g
     engine.reset(B)
     name, out = engine.model.inputs[0], engine.model.outputs[0]
     total = np.zeros(2)
     for i in range(n - 1):
-        logits = engine.step({name: toks[:, i:i + 1]})[out]
+        logits = engine.step({name: toks[:, i : i + 1]})[out]
         if ascending:
             logits = np.where(ascending_mask(toks[:, i], logits.shape[-1]), logits, -np.inf)
         rows = np.nonzero(group[:, i] >= 0)[0]
@@ -100,8 +101,9 @@ def nade_stream(roll: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _nade(engine, rolls):
     P = rolls[0].shape[1]
     pairs = [nade_stream(r) for r in rolls]
-    nll = _token_rollout(engine, [t for t, _ in pairs], [np.minimum(f, 1) for _, f in pairs],
-                         P, ascending=True)
+    nll = _token_rollout(
+        engine, [t for t, _ in pairs], [np.minimum(f, 1) for _, f in pairs], P, ascending=True
+    )
     return nll, _first_and_rest(len(r) for r in rolls)
 
 
@@ -111,7 +113,7 @@ def _frame(engine, rolls):
     B, T = len(rolls), max(len(r) for r in rolls)
     x = np.zeros((B, T, rolls[0].shape[1]), dtype=np.float32)
     for i, r in enumerate(rolls):
-        x[i, :len(r)] = r
+        x[i, : len(r)] = r
     lengths = np.array([len(r) for r in rolls])
     name = engine.model.inputs[0]
     total = np.zeros(2)
@@ -172,12 +174,12 @@ def _note(engine, pieces):
     B, T = len(pieces), max(len(p) for p in pieces)
     x = np.zeros((B, T, 3), dtype=np.int64)
     for i, p in enumerate(pieces):
-        x[i, :len(p)] = p
+        x[i, : len(p)] = p
     lengths = np.array([len(p) for p in pieces])
     engine.reset(B)
     total = 0.0
     for t in range(T - 1):
-        outs = engine.step({engine.model.inputs[0]: x[:, t:t + 1]})
+        outs = engine.step({engine.model.inputs[0]: x[:, t : t + 1]})
         rows = np.nonzero(lengths > t + 1)[0]
         for head, name in enumerate(engine.model.outputs):
             lp = log_softmax(outs[name][rows])
@@ -217,8 +219,10 @@ def nll(engine, pieces: list, batch: int = 64) -> Totals:
     set to each group of pieces rolled out together)."""
     model = engine.model
     if model.protocol not in _PROTOCOLS:
-        raise ModelError(f"{model.path}: protocol {model.protocol!r} has no likelihood here; "
-                         f"known: {sorted(_PROTOCOLS)}")
+        raise ModelError(
+            f"{model.path}: protocol {model.protocol!r} has no likelihood here; "
+            f"known: {sorted(_PROTOCOLS)}"
+        )
     if batch < 1:
         raise DataError(f"--batch must be >= 1 (received {batch})")
     fn = _PROTOCOLS[model.protocol][0]
@@ -226,7 +230,7 @@ def nll(engine, pieces: list, batch: int = 64) -> Totals:
     order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
     total, units = np.zeros(2), np.zeros(2, dtype=np.int64)
     for s in range(0, len(order), batch):
-        n, u = fn(engine, [pieces[i] for i in order[s:s + batch]])
+        n, u = fn(engine, [pieces[i] for i in order[s : s + batch]])
         total += n
         units += u
     return Totals(float(total.sum()), int(units.sum()), float(total[1]), int(units[1]))
@@ -234,46 +238,61 @@ def nll(engine, pieces: list, batch: int = 64) -> Totals:
 
 def _result(t: Totals, unit: str, **about) -> dict:
     """The figures `companion eval` prints: per unit over every unit, then over t >= 1."""
+
     def per(nll_sum, n):
         return nll_sum / n if n else math.nan
 
-    return {"nll": per(t.nll, t.units), "nll_after_first": per(t.nll_after_first,
-                                                                t.units_after_first),
-            "unit": unit, f"{unit}s": t.units, f"{unit}s_after_first": t.units_after_first,
-            **about}
+    return {
+        "nll": per(t.nll, t.units),
+        "nll_after_first": per(t.nll_after_first, t.units_after_first),
+        "unit": unit,
+        f"{unit}s": t.units,
+        f"{unit}s_after_first": t.units_after_first,
+        **about,
+    }
 
 
 def _check_width(model, rolls) -> None:
     rep = model.representation
     if rep.kind != "frames" or model.protocol not in ("nade-step", "frame-step"):
-        raise ModelError(f"{model.path}: a {model.protocol} model over {rep.name!r} gives no "
-                         "benchmark frame likelihood (nade-step or frame-step over an 88-key "
-                         "pianoroll does)")
+        raise ModelError(
+            f"{model.path}: a {model.protocol} model over {rep.name!r} gives no "
+            "benchmark frame likelihood (nade-step or frame-step over an 88-key "
+            "pianoroll does)"
+        )
     if rolls and rep.vocab_size != rolls[0].shape[1]:
-        raise ModelError(f"{model.path}: its frames are {rep.vocab_size} keys wide, the "
-                         f"benchmark's {rolls[0].shape[1]} (pianoroll pitches = 88)")
+        raise ModelError(
+            f"{model.path}: its frames are {rep.vocab_size} keys wide, the "
+            f"benchmark's {rolls[0].shape[1]} (pianoroll pitches = 88)"
+        )
 
 
 def _load(path, threads: int, provider: str):
     """The model file's Engine on `provider` (companion.engine.open_session)."""
-    from companion import modelfile
-    from companion.engine import Engine
+    from midi_companion import modelfile
+    from midi_companion.engine import Engine
 
     return Engine(modelfile.load(path, threads), provider=provider, threads=threads)
 
 
-def evaluate_benchmark(path, benchmark: str, batch: int = 64, threads: int = 1,
-                       provider: str = "auto") -> dict:
+def evaluate_benchmark(
+    path, benchmark: str, batch: int = 64, threads: int = 1, provider: str = "auto"
+) -> dict:
     """Test NLL per frame of a benchmark (the published metric)."""
-    from companion import benchmarks
+    from midi_companion import benchmarks
 
     if benchmark not in BENCHMARKS:
         raise DataError(f"unknown benchmark {benchmark!r}; known: {list(BENCHMARKS)}")
     engine = _load(path, threads, provider)
     rolls = benchmarks.load(benchmark)["test"]
     _check_width(engine.model, rolls)
-    return _result(nll(engine, rolls, batch), "frame", set=f"{benchmark}/test",
-                   model=str(path), protocol=engine.model.protocol)
+    return _result(
+        nll(engine, rolls, batch),
+        "frame",
+        set=f"{benchmark}/test",
+        model=str(path),
+        protocol=engine.model.protocol,
+    )
 
 
 def held_out_scores(corpus: dict, split: str) -> list:
@@ -281,9 +300,11 @@ def held_out_scores(corpus: dict, split: str) -> list:
     ids = (corpus.get("ids") or {}).get(split)
     spec = corpus.get("name")
     if not spec or ids is None:
-        raise DataError(f"the model's corpus metadata names no {split} pieces (it needs "
-                        f"'name' and 'ids'; received keys {sorted(corpus)})")
-    from companion import benchmarks
+        raise DataError(
+            f"the model's corpus metadata names no {split} pieces (it needs "
+            f"'name' and 'ids'; received keys {sorted(corpus)})"
+        )
+    from midi_companion import benchmarks
 
     found: dict[str, object] = {}
     wanted = set(ids)
@@ -294,22 +315,27 @@ def held_out_scores(corpus: dict, split: str) -> list:
                 found[key] = score
     if other and len(found) < len(wanted):
         try:
-            from models.corpora import load_corpus
+            from midi_companion.models.corpora import load_corpus
         except ImportError as err:
-            raise DataError(f"corpus {other!r} needs the training extras "
-                            f"(pip install 'midi-companion[train]'): {err}") from err
+            raise DataError(
+                f"corpus {other!r} needs the training extras "
+                f"(pip install 'midi-companion[train]'): {err}"
+            ) from err
         for piece in load_corpus(other, progress=False):
             if piece.id in wanted:
                 found[piece.id] = piece.score
     missing = [i for i in ids if i not in found]
     if missing:
-        raise DataError(f"corpus {spec!r}: {len(missing)} of the {len(ids)} {split} pieces "
-                        f"are not there any more (first: {missing[0]!r})")
+        raise DataError(
+            f"corpus {spec!r}: {len(missing)} of the {len(ids)} {split} pieces "
+            f"are not there any more (first: {missing[0]!r})"
+        )
     return [found[i] for i in ids]
 
 
-def evaluate_split(path, split: str = "test", batch: int = 64, threads: int = 1,
-                   provider: str = "auto") -> dict:
+def evaluate_split(
+    path, split: str = "test", batch: int = 64, threads: int = 1, provider: str = "auto"
+) -> dict:
     """NLL on the model's own held-out split, per unit of its training loss."""
     engine = _load(path, threads, provider)
     model = engine.model
@@ -317,8 +343,10 @@ def evaluate_split(path, split: str = "test", batch: int = 64, threads: int = 1,
         raise ModelError(f"{path}: protocol {model.protocol!r} has no likelihood here")
     rep = model.representation
     if model.protocol == "note-step" and not hasattr(rep, "offsets"):
-        raise ModelError(f"{path}: a note-step model over {rep.name!r} (expected the 'notes' "
-                         "representation, whose tokens are (pitch, step, duration) triples)")
+        raise ModelError(
+            f"{path}: a note-step model over {rep.name!r} (expected the 'notes' "
+            "representation, whose tokens are (pitch, step, duration) triples)"
+        )
     pieces = []
     for score in held_out_scores(model.corpus, split):
         x = np.asarray(rep.encode(score))
@@ -328,29 +356,38 @@ def evaluate_split(path, split: str = "test", batch: int = 64, threads: int = 1,
             pieces.append(x)
     if not pieces:
         raise DataError(f"{path}: the {split} split holds no piece of two steps or more")
-    return _result(nll(engine, pieces, batch), _PROTOCOLS[model.protocol][1],
-                   set=f"{model.corpus.get('name')}/{split}", model=str(path),
-                   protocol=model.protocol)
+    return _result(
+        nll(engine, pieces, batch),
+        _PROTOCOLS[model.protocol][1],
+        set=f"{model.corpus.get('name')}/{split}",
+        model=str(path),
+        protocol=model.protocol,
+    )
 
 
 def summary(result: dict) -> str:
     """The one line `companion eval` prints (without --json)."""
-    unit, n, n1 = result["unit"], result[f"{result['unit']}s"], \
-        result[f"{result['unit']}s_after_first"]
+    unit, n, n1 = (
+        result["unit"],
+        result[f"{result['unit']}s"],
+        result[f"{result['unit']}s_after_first"],
+    )
     head = f"{result['set']}: {result['nll']:.4f} nats per {unit} over {n} {unit}s"
     if n == n1:  # no first unit predicted: both figures are the same
         return f"{head} (each piece's first {unit} is context only)"
-    return (f"{head} (every {unit}, each piece's first from the model's initial state); "
-            f"{result['nll_after_first']:.4f} over the {n1} {unit}s t >= 1")
+    return (
+        f"{head} (every {unit}, each piece's first from the model's initial state); "
+        f"{result['nll_after_first']:.4f} over the {n1} {unit}s t >= 1"
+    )
 
 
 # ---- command line ------------------------------------------------------------------------
 def main(args) -> int:
     if args.benchmark:
-        result = evaluate_benchmark(args.model, args.benchmark, args.batch, args.threads,
-                                    args.provider)
+        result = evaluate_benchmark(
+            args.model, args.benchmark, args.batch, args.threads, args.provider
+        )
     else:
-        result = evaluate_split(args.model, args.split, args.batch, args.threads,
-                                args.provider)
+        result = evaluate_split(args.model, args.split, args.batch, args.threads, args.provider)
     print(json.dumps(result) if args.json else summary(result))
     return 0 if math.isfinite(result["nll"]) else 1

@@ -27,9 +27,9 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from companion import presets
-from companion.errors import CompanionError
-from companion.ports import (
+from midi_companion import presets
+from midi_companion.errors import CompanionError
+from midi_companion.ports import (
     CLIENT_NAME,
     VIRTUAL_INPUT,
     VIRTUAL_OUTPUT,
@@ -57,9 +57,15 @@ class JackServer:
     misses a cycle, and that cycle's MIDI to it is lost (1-5% of messages at load 6 on 2
     cores, 0 with -S). A late cycle then shows as latency instead, which is what we measure."""
 
-    def __init__(self, period: int = 64, rate: int = 48000, sync: bool = True,
-                 start_timeout_s: float = 15.0, log: Path | None = None,
-                 prefix: str = "companion-bench"):
+    def __init__(
+        self,
+        period: int = 64,
+        rate: int = 48000,
+        sync: bool = True,
+        start_timeout_s: float = 15.0,
+        log: Path | None = None,
+        prefix: str = "companion-bench",
+    ):
         self.period, self.rate, self.sync = period, rate, sync
         self.name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._timeout = start_timeout_s
@@ -71,14 +77,33 @@ class JackServer:
     def __enter__(self) -> JackServer:
         jackd = shutil.which("jackd")
         if jackd is None:
-            raise CompanionError("companion bench needs jackd (apt install jackd2): it measures "
-                                 "through a private JACK server")
-        env = {**os.environ, "JACK_DEFAULT_SERVER": self.name, "JACK_NO_AUDIO_RESERVATION": "1",
-               "JACK_NO_START_SERVER": "1"}
+            raise CompanionError(
+                "companion bench needs jackd (apt install jackd2): it measures "
+                "through a private JACK server"
+            )
+        env = {
+            **os.environ,
+            "JACK_DEFAULT_SERVER": self.name,
+            "JACK_NO_AUDIO_RESERVATION": "1",
+            "JACK_NO_START_SERVER": "1",
+        }
         self.proc = subprocess.Popen(
-            [jackd, *(["-S"] if self.sync else []), "--no-realtime", "-d", "dummy",
-             "-r", str(self.rate), "-p", str(self.period)],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            [
+                jackd,
+                *(["-S"] if self.sync else []),
+                "--no-realtime",
+                "-d",
+                "dummy",
+                "-r",
+                str(self.rate),
+                "-p",
+                str(self.period),
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         os.environ["JACK_DEFAULT_SERVER"] = self.name
         os.environ["JACK_NO_START_SERVER"] = "1"  # a client never starts a server of its own
         deadline = time.monotonic() + self._timeout
@@ -121,11 +146,16 @@ def _port(client, port: str, owner: str = CLIENT_NAME) -> int:
     """Index of port `port` of the JACK client(s) named `owner`, "owner-01", ... among what
     `client` can connect to (the daemon's by default; our own clients are named apart)."""
     names = client.get_ports()
-    hits = [i for i, n in enumerate(names)
-            if n.endswith(":" + port) and n.split(":", 1)[0].startswith(owner)]
+    hits = [
+        i
+        for i, n in enumerate(names)
+        if n.endswith(":" + port) and n.split(":", 1)[0].startswith(owner)
+    ]
     if len(hits) != 1:
-        raise CompanionError(f"expected one port {owner}:{port} on the JACK server, found "
-                             f"{[names[i] for i in hits]} among {names}")
+        raise CompanionError(
+            f"expected one port {owner}:{port} on the JACK server, found "
+            f"{[names[i] for i in hits]} among {names}"
+        )
     return hits[0]
 
 
@@ -135,8 +165,12 @@ class Keyboard:
     `send` is thread-safe (a clock thread and a note player may share it) and returns the
     perf_counter_ns stamp taken just before the message went to JACK."""
 
-    def __init__(self, client_name: str = "companion-keyboard", target: str = VIRTUAL_INPUT,
-                 owner: str = CLIENT_NAME):
+    def __init__(
+        self,
+        client_name: str = "companion-keyboard",
+        target: str = VIRTUAL_INPUT,
+        owner: str = CLIENT_NAME,
+    ):
         import rtmidi
 
         self._out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, client_name)
@@ -166,8 +200,12 @@ class Listener:
     """A JACK MIDI client on the daemon's output: every message, stamped on arrival
     (perf_counter_ns in the JACK callback), in `heard`."""
 
-    def __init__(self, client_name: str = "companion-listener", source: str = VIRTUAL_OUTPUT,
-                 owner: str = CLIENT_NAME):
+    def __init__(
+        self,
+        client_name: str = "companion-listener",
+        source: str = VIRTUAL_OUTPUT,
+        owner: str = CLIENT_NAME,
+    ):
         import rtmidi
 
         self.heard: list[tuple[int, tuple[int, ...]]] = []
@@ -184,8 +222,9 @@ class Listener:
             self.heard.append((t, msg))
             self._cond.notify_all()
 
-    def wait_for(self, pred: Callable[[int, tuple[int, ...]], bool], timeout: float,
-                 start: int = 0) -> tuple[int, tuple[int, ...]] | None:
+    def wait_for(
+        self, pred: Callable[[int, tuple[int, ...]], bool], timeout: float, start: int = 0
+    ) -> tuple[int, tuple[int, ...]] | None:
         """The first (t_ns, msg) at index >= `start` of `heard` matching `pred`, waiting up
         to `timeout` seconds; None when none came."""
         deadline = time.monotonic() + timeout
@@ -212,8 +251,12 @@ class Listener:
 
 def is_note_on(msg, channel: int | None = None) -> bool:
     """A note-on with velocity > 0 (on 0-based `channel` when given)."""
-    return (len(msg) == 3 and msg[0] & 0xF0 == 0x90 and msg[2] > 0
-            and (channel is None or msg[0] & 0x0F == channel))
+    return (
+        len(msg) == 3
+        and msg[0] & 0xF0 == 0x90
+        and msg[2] > 0
+        and (channel is None or msg[0] & 0x0F == channel)
+    )
 
 
 def is_note_off(msg) -> bool:
@@ -253,10 +296,24 @@ class DaemonProcess:
         self._cond = threading.Condition()
         self.started_ns = time.perf_counter_ns()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "companion", "run", str(preset), "--backend", "jack",
-             "--quiet", "--log-json", *map(str, args)],
-            stdout=subprocess.PIPE, stderr=self.stderr, stdin=subprocess.DEVNULL, text=True,
-            cwd=cwd)
+            [
+                sys.executable,
+                "-m",
+                "midi_companion",
+                "run",
+                str(preset),
+                "--backend",
+                "jack",
+                "--quiet",
+                "--log-json",
+                *map(str, args),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            cwd=cwd,
+        )
         self._reader = threading.Thread(target=self._read, name="daemon-events", daemon=True)
         self._reader.start()
 
@@ -273,8 +330,9 @@ class DaemonProcess:
         with self._cond:
             self._cond.notify_all()
 
-    def wait_event(self, kind: str, timeout: float = 60.0, start: int = 0,
-                   **fields) -> tuple[int, dict]:
+    def wait_event(
+        self, kind: str, timeout: float = 60.0, start: int = 0, **fields
+    ) -> tuple[int, dict]:
         """The first event `kind` (with `fields` equal) at index >= `start`, and when it was
         read; RuntimeError with the daemon's stderr when it exits or the time runs out."""
         deadline = time.monotonic() + timeout
@@ -288,8 +346,10 @@ class DaemonProcess:
                     i += 1
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise RuntimeError(f"no {kind!r} event from the daemon within {timeout} s "
-                                       f"(exit code {self.proc.poll()}):\n{self.error_text()}")
+                    raise RuntimeError(
+                        f"no {kind!r} event from the daemon within {timeout} s "
+                        f"(exit code {self.proc.poll()}):\n{self.error_text()}"
+                    )
                 self._cond.wait(min(left, 0.2))
 
     def ready(self, timeout: float = 120.0) -> dict:
@@ -326,8 +386,9 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise RuntimeError(f"the daemon did not stop within {timeout} s of SIGTERM:\n"
-                               f"{self.error_text()}") from None
+            raise RuntimeError(
+                f"the daemon did not stop within {timeout} s of SIGTERM:\n{self.error_text()}"
+            ) from None
         finally:
             self._reader.join(timeout=5)
 
@@ -355,7 +416,7 @@ class DaemonProcess:
 
 def model_grid(path: str | os.PathLike) -> float:
     """The time grid (beats) a model's notes fall on: its representation's step."""
-    from companion.modelfile import load
+    from midi_companion.modelfile import load
 
     rep = load(path).representation
     grid = getattr(rep, "grid", None) or getattr(rep.params, "grid", None)
@@ -387,8 +448,9 @@ def _toml(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def preset_copy(base: str, out: Path, models: dict[str, Path] | None = None,
-                zoo: Path | None = None, **changes) -> Path:
+def preset_copy(
+    base: str, out: Path, models: dict[str, Path] | None = None, zoo: Path | None = None, **changes
+) -> Path:
     """The shipped preset `base` written to `out` with changes: its models from `models`
     ({"model": path, "solo_model": path}), else from the folder `zoo` (same names), else as
     shipped; `timing={...}` merged into [timing]; other keys replace the preset's."""

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from companion.sampling import Sampling, sample
-from companion.score import Note
+from midi_companion.sampling import Sampling, sample
+from midi_companion.score import Note
 
 REST = 128  # VoiceMarkov's state index for a rest (grid value -1)
 N_STATES = 129
@@ -48,8 +48,9 @@ class TokenMarkov:
         return self.log_start.size
 
     @classmethod
-    def fit(cls, sequences: Sequence[np.ndarray], vocab_size: int,
-            alpha: float = 0.01) -> TokenMarkov:
+    def fit(
+        cls, sequences: Sequence[np.ndarray], vocab_size: int, alpha: float = 0.01
+    ) -> TokenMarkov:
         """Count transitions of consecutive tokens within each sequence and each sequence's
         first token; add `alpha` to every count (so every token stays possible) and
         normalize."""
@@ -82,9 +83,16 @@ class TokenMarkov:
             count += max(s.size - 1, 0)
         return total / count if count else float("nan")
 
-    def generate(self, prompt_tokens: Sequence[int], rep, n_beats: float,
-                 rng: np.random.Generator, temperature: float = 1.0,
-                 max_tokens: int = 100_000, params: Sampling | None = None) -> list[Note]:
+    def generate(
+        self,
+        prompt_tokens: Sequence[int],
+        rep,
+        n_beats: float,
+        rng: np.random.Generator,
+        temperature: float = 1.0,
+        max_tokens: int = 100_000,
+        params: Sampling | None = None,
+    ) -> list[Note]:
         """Continue a prompt for `n_beats` beats, as a model would.
 
         The prompt goes through ``rep.stream_decoder(0)``; then tokens are drawn with
@@ -173,8 +181,13 @@ class VoiceMarkov:
                 np.add.at(trans[v], (s[:-1, v], s[1:, v]), 1.0)
         return cls(_log_rows(start, alpha), _log_rows(trans, alpha))
 
-    def generate(self, lead_grid: np.ndarray, n_voices: int,
-                 rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
+    def generate(
+        self,
+        lead_grid: np.ndarray,
+        n_voices: int,
+        rng: np.random.Generator,
+        temperature: float = 1.0,
+    ) -> np.ndarray:
         """Voice grids [T, n_voices] (-1 = rest) for T = len(lead_grid) steps, voices
         0..n_voices-1 each drawn from its own chain. The lead's content is ignored: this
         is the floor an accompanist must beat."""

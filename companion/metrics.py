@@ -35,9 +35,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from companion.representations.base import quantize
-from companion.rules import key_from_profile, pitch_class_profile, scale_pcs
-from companion.score import Note
+from midi_companion.representations.base import quantize
+from midi_companion.rules import key_from_profile, pitch_class_profile, scale_pcs
+from midi_companion.score import Note
 
 Notes = Sequence[Note]
 Voices = Sequence[Sequence[Note]]
@@ -55,8 +55,7 @@ def _onsets(notes: Notes) -> np.ndarray:
     return np.array([n.onset for n in notes], dtype=np.float64)
 
 
-def grid_share(notes: Notes, grid: float | Sequence[float] = 0.25, tol: float = 1e-3
-               ) -> float:
+def grid_share(notes: Notes, grid: float | Sequence[float] = 0.25, tol: float = 1e-3) -> float:
     """Share of onsets within `tol` beats of a multiple of `grid` beats (of any of several
     grids, e.g. (0.25, 1/3): 16ths or eighth triplets); nan for no notes."""
     onsets = _onsets(notes)
@@ -126,8 +125,14 @@ def out_of_range(notes: Notes, low: int, high: int) -> int:
 LENGTH_CLASSES = np.array([4, 3, 2, 1.5, 1, 0.75, 0.5, 0.375, 0.25, 2 / 3, 1 / 3, 0.125])
 
 FEATURES = (
-    "pitch_count", "pitch_class_histogram", "pitch_class_transition_matrix", "pitch_range",
-    "avg_pitch_interval", "note_count", "avg_ioi", "note_length_histogram",
+    "pitch_count",
+    "pitch_class_histogram",
+    "pitch_class_transition_matrix",
+    "pitch_range",
+    "avg_pitch_interval",
+    "note_count",
+    "avg_ioi",
+    "note_length_histogram",
     "note_length_transition_matrix",
 )
 
@@ -180,7 +185,8 @@ def features(notes: Notes) -> dict[str, np.ndarray]:
         "pitch_class_transition_matrix": _transitions(pcs, 12),
         "pitch_range": np.array([float(np.ptp(pitches)) if ns else 0.0]),
         "avg_pitch_interval": np.array(
-            [float(np.mean(np.abs(np.diff(pitches)))) if len(ns) > 1 else 0.0]),
+            [float(np.mean(np.abs(np.diff(pitches)))) if len(ns) > 1 else 0.0]
+        ),
         "note_count": np.array([float(len(ns))]),
         "avg_ioi": np.array([float(np.mean(np.diff(onsets))) if onsets.size > 1 else 0.0]),
         "note_length_histogram": _normalized(nlh),
@@ -204,7 +210,7 @@ def kde_pdf(sample: np.ndarray, points: np.ndarray, bandwidth: float | None = No
     out = np.zeros(pts.size)
     chunk = max(1, 2**22 // max(pts.size, 1))  # bounded memory for large samples
     for i in range(0, x.size, chunk):
-        z = (pts[:, None] - x[None, i:i + chunk]) / h
+        z = (pts[:, None] - x[None, i : i + chunk]) / h
         out += np.exp(-0.5 * z * z).sum(axis=1)
     return out / (x.size * h * math.sqrt(2 * math.pi))
 
@@ -219,8 +225,9 @@ def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.stack([np.sqrt(((b - row) ** 2).sum(axis=-1)) for row in a])
 
 
-def overlap_and_kl(intra: np.ndarray, inter: np.ndarray, grid_points: int = 1000,
-                   eps: float = 1e-12) -> dict[str, float]:
+def overlap_and_kl(
+    intra: np.ndarray, inter: np.ndarray, grid_points: int = 1000, eps: float = 1e-12
+) -> dict[str, float]:
     """Overlapping area and KL(intra || inter) of the KDEs of two distance samples.
 
     Both KDEs (kde_pdf; bandwidth floor 1% of the pooled samples' spread, else 1e-3) are
@@ -242,8 +249,9 @@ def overlap_and_kl(intra: np.ndarray, inter: np.ndarray, grid_points: int = 1000
     return {"oa": oa, "kl": float(np.sum(p * np.log(p / q)))}
 
 
-def compare_sets(generated: Sequence[Notes], real: Sequence[Notes],
-                 grid_points: int = 1000) -> dict[str, dict[str, float]]:
+def compare_sets(
+    generated: Sequence[Notes], real: Sequence[Notes], grid_points: int = 1000
+) -> dict[str, dict[str, float]]:
     """Yang & Lerch's set comparison: per feature, {"oa": overlapping area, "kl": KL}.
 
     intra = Euclidean distances between the feature vectors of every pair of distinct real
@@ -256,7 +264,8 @@ def compare_sets(generated: Sequence[Notes], real: Sequence[Notes],
     if len(real) < 2 or len(generated) < 1:
         raise ValueError(
             f"compare_sets needs >= 2 real and >= 1 generated pieces "
-            f"(received {len(real)} and {len(generated)})")
+            f"(received {len(real)} and {len(generated)})"
+        )
     f_gen = [features(p) for p in generated]
     f_real = [features(p) for p in real]
     iu = np.triu_indices(len(real), k=1)
@@ -270,8 +279,9 @@ def compare_sets(generated: Sequence[Notes], real: Sequence[Notes],
     return out
 
 
-def self_overlap(real: Sequence[Notes], rng_seed: int = 0,
-                 grid_points: int = 1000) -> dict[str, dict[str, float]]:
+def self_overlap(
+    real: Sequence[Notes], rng_seed: int = 0, grid_points: int = 1000
+) -> dict[str, dict[str, float]]:
     """What real music scores against itself: the real set shuffled (numpy Generator seeded
     with `rng_seed`) and split into halves, ``compare_sets(first half, second half)`` (the
     second half, the larger when the count is odd, plays the real set). Needs >= 3 pieces."""
@@ -279,8 +289,9 @@ def self_overlap(real: Sequence[Notes], rng_seed: int = 0,
         raise ValueError(f"self_overlap needs >= 3 pieces (received {len(real)})")
     order = np.random.default_rng(rng_seed).permutation(len(real))
     half = len(real) // 2
-    return compare_sets([real[i] for i in order[:half]], [real[i] for i in order[half:]],
-                        grid_points)
+    return compare_sets(
+        [real[i] for i in order[:half]], [real[i] for i in order[half:]], grid_points
+    )
 
 
 # ---- pitch distributions ------------------------------------------------------------------
@@ -332,8 +343,9 @@ def voice_grid(voices: Voices, grid: float = 0.25) -> np.ndarray:
     return out
 
 
-def grid_to_voices(voice_grid_array: np.ndarray, grid: float = 0.25,
-                   velocity: int = 80) -> list[list[Note]]:
+def grid_to_voices(
+    voice_grid_array: np.ndarray, grid: float = 0.25, velocity: int = 80
+) -> list[list[Note]]:
     """Inverse of voice_grid up to re-articulation: each run of one pitch in a column is one
     note (so a re-struck note of the same pitch merges with the one before)."""
     g = np.asarray(voice_grid_array)
@@ -343,8 +355,7 @@ def grid_to_voices(voice_grid_array: np.ndarray, grid: float = 0.25,
         for t in range(1, len(col) + 1):
             if t == len(col) or col[t] != col[start]:
                 if col[start] >= 0:
-                    notes.append(Note(start * grid, int(col[start]), (t - start) * grid,
-                                      velocity))
+                    notes.append(Note(start * grid, int(col[start]), (t - start) * grid, velocity))
                 start = t
         voices.append(notes)
     return voices
@@ -378,8 +389,13 @@ def parallels(voices: Voices, grid: float = 0.25) -> dict[str, float]:
             fifths, octaves = fifths + f, octaves + o
     steps = g.shape[0]
     per = 100.0 / steps if steps else math.nan
-    return {"fifths": fifths, "octaves": octaves, "steps": steps,
-            "fifths_per_100": fifths * per, "octaves_per_100": octaves * per}
+    return {
+        "fifths": fifths,
+        "octaves": octaves,
+        "steps": steps,
+        "fifths_per_100": fifths * per,
+        "octaves_per_100": octaves * per,
+    }
 
 
 def voice_crossing(voices: Voices, grid: float = 0.25) -> float:
@@ -405,8 +421,7 @@ def _n_bars(steps: int, grid: float, beats_per_bar: float) -> int:
     return math.ceil(steps * grid / beats_per_bar - _EPS_TIME)
 
 
-def changes_per_bar(voices: Voices, grid: float = 0.25,
-                    beats_per_bar: float = 4) -> np.ndarray:
+def changes_per_bar(voices: Voices, grid: float = 0.25, beats_per_bar: float = 4) -> np.ndarray:
     """Per voice: distinct quantized onset steps (a new or re-struck note; a chord counts
     once) divided by the number of bars of the piece (ceil of the last quantized end over
     all voices / beats_per_bar). nan for every voice when there are no notes."""
@@ -456,8 +471,7 @@ def _sounds_in(n: Note, bar: int, beats_per_bar: float) -> bool:
     return _in_bar(n, bar, beats_per_bar) > _EPS_TIME
 
 
-def empty_bars(tracks: Voices, beats_per_bar: float = 4,
-               n_bars: int | None = None) -> np.ndarray:
+def empty_bars(tracks: Voices, beats_per_bar: float = 4, n_bars: int | None = None) -> np.ndarray:
     """Per track, the share of bars in which no note sounds (a note held over from the bar
     before counts as sounding, as in MuseGAN's piano rolls). `n_bars` defaults to the bars
     up to the last note end over all tracks; nan for every track when it is 0."""
@@ -477,8 +491,9 @@ def used_pitch_classes(tracks: Voices, beats_per_bar: float = 4) -> np.ndarray:
     bars = _bar_count(tracks, beats_per_bar)
     out = []
     for t in tracks:
-        per_bar = [{n.pitch % 12 for n in t if _sounds_in(n, b, beats_per_bar)}
-                   for b in range(bars)]
+        per_bar = [
+            {n.pitch % 12 for n in t if _sounds_in(n, b, beats_per_bar)} for b in range(bars)
+        ]
         counts = [len(s) for s in per_bar if s]
         out.append(float(np.mean(counts)) if counts else math.nan)
     return np.array(out)
@@ -516,8 +531,7 @@ def tonal_distance(track_a: Notes, track_b: Notes, beats_per_bar: float = 4) -> 
     sum 1). nan when no bar has both."""
     dists = []
     for bar in range(_bar_count([track_a, track_b], beats_per_bar)):
-        ca, cb = _bar_chroma(track_a, bar, beats_per_bar), _bar_chroma(track_b, bar,
-                                                                      beats_per_bar)
+        ca, cb = _bar_chroma(track_a, bar, beats_per_bar), _bar_chroma(track_b, bar, beats_per_bar)
         if ca.sum() > 0 and cb.sum() > 0:
             dists.append(float(np.linalg.norm(tonal_centroid(ca) - tonal_centroid(cb))))
     return float(np.mean(dists)) if dists else math.nan

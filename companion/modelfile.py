@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from companion.errors import ModelError, RepresentationError
-from companion.representations import Representation, from_dict
+from midi_companion.errors import ModelError, RepresentationError
+from midi_companion.representations import Representation, from_dict
 
 FORMAT = "midi-companion/1"
 REQUIRED = (

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from companion.clock import InternalClock
-from companion.errors import CompanionError
-from companion.performer import Performer
-from companion.presets import Preset
-from companion.scheduler import Scheduler
-from companion.score import DRUM_CHANNEL, Note, Score, Track
+from midi_companion.clock import InternalClock
+from midi_companion.errors import CompanionError
+from midi_companion.performer import Performer
+from midi_companion.presets import Preset
+from midi_companion.scheduler import Scheduler
+from midi_companion.score import DRUM_CHANNEL, Note, Score, Track
 
 TICK_NS = 5_000_000  # the live loop ticks at least this often; so does the virtual one
 NEVER = 1e9  # silence_beats while the file plays: the file's end is the phrase end
@@ -28,8 +28,15 @@ class VirtualTime:
         return self.ns
 
 
-def perform(preset: Preset, score: Score, *, seed: int = 0, bars: int | None = None,
-            provider: str = "cpu", source: str = "the input") -> Score:
+def perform(
+    preset: Preset,
+    score: Score,
+    *,
+    seed: int = 0,
+    bars: int | None = None,
+    provider: str = "cpu",
+    source: str = "the input",
+) -> Score:
     """Play `score` (all tracks as the player's part) into `preset`; return the player's
     parts as they came (`input_parts`, each on a channel of its own: see `place_parts`),
     then one track per generated part, on the preset's channels. CompanionError naming
@@ -43,8 +50,9 @@ def perform(preset: Preset, score: Score, *, seed: int = 0, bars: int | None = N
     clock = InternalClock(bpm=score.bpm, beats_per_bar=preset.timing.beats_per_bar, now_ns=now)
     clock.start(at_ns=0)
     sent: list[tuple[int, tuple[int, ...]]] = []
-    scheduler = Scheduler(lambda m: sent.append((now.ns, tuple(m))), now_ns=now,
-                          tolerance_ns=10**15)  # virtual time is never late
+    scheduler = Scheduler(
+        lambda m: sent.append((now.ns, tuple(m))), now_ns=now, tolerance_ns=10**15
+    )  # virtual time is never late
     performer = Performer(preset, scheduler, clock, seed=seed, provider=provider)
     inputs = _input_messages(score, clock)
     end = clock.time_at(score.end)
@@ -111,7 +119,8 @@ def place_parts(parts: list[Track], generated: list[int], source: str) -> list[T
             if DRUM_CHANNEL in generated_set:
                 raise CompanionError(
                     f"{source}: its drum part {t.name!r} needs MIDI channel 10, which the "
-                    f"preset plays on (expected a preset that leaves channel 10 free)")
+                    f"preset plays on (expected a preset that leaves channel 10 free)"
+                )
             kit = True
         elif ch is None or ch in taken:
             free = [c for c in range(16) if c != DRUM_CHANNEL and c not in used]
@@ -122,7 +131,8 @@ def place_parts(parts: list[Track], generated: list[int], source: str) -> list[T
                     f"the preset's {len(generated_set)} channel(s) no MIDI channel is left for "
                     f"part {t.name!r} (expected at most "
                     f"{15 - len(generated_set - {DRUM_CHANNEL})} parts that are not drums: "
-                    f"16 channels, 10 for drums)")
+                    f"16 channels, 10 for drums)"
+                )
             ch = free[0]
         used.add(ch)
         taken.add(ch)
@@ -134,8 +144,9 @@ def _result(score, parts, performer, clock, sent) -> Score:
     tracks_by_ch = {}
     for out in performer.outputs:
         for t in out.tracks:
-            tracks_by_ch[t.channel - 1] = Track(name=t.name, program=t.program,
-                                                channel=t.channel - 1)
+            tracks_by_ch[t.channel - 1] = Track(
+                name=t.name, program=t.program, channel=t.channel - 1
+            )
     open_: dict[tuple[int, int], tuple[float, int]] = {}
     for t_ns, msg in sent:
         kind, ch = msg[0] & 0xF0, msg[0] & 0x0F
@@ -151,5 +162,8 @@ def _result(score, parts, performer, clock, sent) -> Score:
     if open_:  # the scheduler's stop() released everything: this would be a ledger bug
         raise RuntimeError(f"notes left open after the performance: {sorted(open_)}")
     generated = [tracks_by_ch[ch] for ch in sorted(tracks_by_ch)]
-    return Score(tracks=parts + generated, tempos=list(score.tempos),
-                 time_signatures=list(score.time_signatures))
+    return Score(
+        tracks=parts + generated,
+        tempos=list(score.tempos),
+        time_signatures=list(score.time_signatures),
+    )

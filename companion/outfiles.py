@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from companion.errors import MidiFileError
+from midi_companion.errors import MidiFileError
 
 
 def check_output(path: str | os.PathLike, flag: str, inputs=()) -> Path:
@@ -14,15 +14,18 @@ def check_output(path: str | os.PathLike, flag: str, inputs=()) -> Path:
     one of `inputs`, and a file can be created beside it. Nothing is left behind."""
     p = Path(path)
     if p.is_dir():
-        raise MidiFileError(f"{flag} {p}: is a folder; expected a file name such as "
-                            f"{p / 'take.mid'}")
+        raise MidiFileError(
+            f"{flag} {p}: is a folder; expected a file name such as {p / 'take.mid'}"
+        )
     if not p.parent.is_dir():
         why = "is not a folder" if p.parent.exists() else "does not exist"
         raise MidiFileError(f"{flag} {p}: its folder {p.parent} {why}")
     for other in inputs:
         if p.exists() and Path(other).exists() and p.samefile(other):
-            raise MidiFileError(f"{flag} {p}: is the input file; write the result to another "
-                                "file so the input is kept")
+            raise MidiFileError(
+                f"{flag} {p}: is the input file; write the result to another "
+                "file so the input is kept"
+            )
     probe = _tmp(p)
     try:
         with open(probe, "wb"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from companion.presets import TrackOut
-from companion.representations.base import NoteEvent
+from midi_companion.presets import TrackOut
+from midi_companion.representations.base import NoteEvent
 
 
 class Output:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from companion import modes
-from companion.clock import SONG_POSITION, SONG_START, SONG_STOP, InternalClock, MidiClock
-from companion.presets import Preset
-from companion.stats import percentiles
+from midi_companion import modes
+from midi_companion.clock import SONG_POSITION, SONG_START, SONG_STOP, InternalClock, MidiClock
+from midi_companion.presets import Preset
+from midi_companion.stats import percentiles
 
 SUSTAIN_CC = 64
 RELOCATING = (SONG_STOP, SONG_START, SONG_POSITION)  # transport messages that end the music
@@ -32,8 +32,9 @@ class SwitchPreset:
 class Performer:
     """Plays one preset. `handle(t_ns, msg)` for each incoming message, `tick(now_ns)` often."""
 
-    def __init__(self, preset: Preset, scheduler, clock, seed: int | None = None,
-                 provider: str = "auto"):
+    def __init__(
+        self, preset: Preset, scheduler, clock, seed: int | None = None, provider: str = "auto"
+    ):
         self.preset = preset
         self.scheduler = scheduler
         self.clock = clock
@@ -149,13 +150,13 @@ class Performer:
 
     def inference_ms(self) -> tuple[float, float]:
         """p50 and p99 of the engines' recent step times (ms); zeros before any step."""
-        return percentiles([ms for e in self.engines for ms in e.step_ms], 50, 99,
-                           default=0.0)
+        return percentiles([ms for e in self.engines for ms in e.step_ms], 50, 99, default=0.0)
 
 
 def make_clock(kind: str, bpm: float, beats_per_bar: int, now_ns=None):
     """The internal tempo ("internal") or the DAW's MIDI clock ("midi")."""
     if kind == "midi":
         return MidiClock(bpm=bpm, beats_per_bar=beats_per_bar)
-    return InternalClock(bpm=bpm, beats_per_bar=beats_per_bar,
-                         **({"now_ns": now_ns} if now_ns else {}))
+    return InternalClock(
+        bpm=bpm, beats_per_bar=beats_per_bar, **({"now_ns": now_ns} if now_ns else {})
+    )

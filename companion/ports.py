@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from companion.errors import MidiPortError
+from midi_companion.errors import MidiPortError
 
 BACKENDS = ("auto", "native", "jack")
 ALSA_SEQUENCER = "/dev/snd/seq"
@@ -465,8 +465,9 @@ class JackWatch:
             print(f"libjack: {line}", file=sys.stderr, flush=True)
 
     @classmethod
-    def start(cls, client_name: str = f"{CLIENT_NAME}-watch",
-              verbose: bool = False) -> JackWatch | None:
+    def start(
+        cls, client_name: str = f"{CLIENT_NAME}-watch", verbose: bool = False
+    ) -> JackWatch | None:
         import ctypes
 
         _rtmidi()  # loads its libjack
@@ -476,16 +477,20 @@ class JackWatch:
         try:
             lib = ctypes.CDLL(path)
             lib.jack_client_open.restype = ctypes.c_void_p
-            lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int,
-                                             ctypes.POINTER(ctypes.c_int)]
+            lib.jack_client_open.argtypes = [
+                ctypes.c_char_p,
+                ctypes.c_int,
+                ctypes.POINTER(ctypes.c_int),
+            ]
             lib.jack_on_shutdown.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
             lib.jack_client_close.argtypes = [ctypes.c_void_p]
             lib.jack_set_error_function.argtypes = [ctypes.c_void_p]
         except (OSError, AttributeError):
             return None
         status = ctypes.c_int(0)
-        client = lib.jack_client_open(client_name.encode(), cls.JACK_NO_START_SERVER,
-                                      ctypes.byref(status))
+        client = lib.jack_client_open(
+            client_name.encode(), cls.JACK_NO_START_SERVER, ctypes.byref(status)
+        )
         if not client:
             return None
         watch = cls(lib, client, verbose)
@@ -512,6 +517,7 @@ class JackWatch:
 
 
 _KEEP_ALIVE: list = []  # ctypes callbacks handed to libjack
+
 
 def _loaded_library(stem: str) -> str | None:
     """The path of the shared library `stem` this process has loaded (Linux), else None."""

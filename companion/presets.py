@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from companion.errors import PresetError
-from companion.rules import default_range
+from midi_companion.errors import PresetError
+from midi_companion.rules import default_range
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -108,18 +108,21 @@ class Preset:
 
 
 # ---- locating ----------------------------------------------------------------------------
-# presets/ and models/zoo/ sit beside companion/, in a source tree and in site-packages alike.
-_ROOT = Path(__file__).resolve().parent.parent
+# In a source tree (and an editable install) presets/ and models/zoo/ sit beside companion/;
+# an installed wheel puts them inside the package as midi_companion/shipped_presets and
+# midi_companion/models/zoo (pyproject's package-dir).
+_HERE = Path(__file__).resolve().parent
+_INSTALLED = (_HERE / "shipped_presets").is_dir()
 
 
 def presets_dir() -> Path:
     """The shipped presets (TOML data)."""
-    return _ROOT / "presets"
+    return _HERE / "shipped_presets" if _INSTALLED else _HERE.parent / "presets"
 
 
 def zoo_dir() -> Path:
     """The shipped models."""
-    return _ROOT / "models" / "zoo"
+    return (_HERE if _INSTALLED else _HERE.parent) / "models" / "zoo"
 
 
 def zoo_models(zoo: Path | None = None) -> list[Path]:
@@ -138,8 +141,9 @@ def resolve(name_or_path: str | None) -> Path:
     p = Path(name)
     if p.suffix == ".toml" or p.exists():
         if p.is_dir():
-            raise PresetError(f"{p}: is a folder; expected a preset .toml file or a name "
-                              f"from {presets_dir()}")
+            raise PresetError(
+                f"{p}: is a folder; expected a preset .toml file or a name from {presets_dir()}"
+            )
         if not p.is_file():
             raise PresetError(f"{p}: no such preset file")
         return p
@@ -177,8 +181,19 @@ class _Checker:
             self.fail(where, f"has unknown key {unknown[0]!r}; allowed: {allowed_s}")
         return data
 
-    def value(self, data: dict, key: str, where: str, kind, default, *, choices=None,
-              lo=None, hi=None, lo_open=False):
+    def value(
+        self,
+        data: dict,
+        key: str,
+        where: str,
+        kind,
+        default,
+        *,
+        choices=None,
+        lo=None,
+        hi=None,
+        lo_open=False,
+    ):
         if key not in data:
             return default
         v = data[key]
@@ -197,8 +212,21 @@ class _Checker:
         return kind(v)
 
 
-_TOP = {"name", "description", "model", "mode", "input_channel", "tracks", "harmonize",
-        "on_input", "solo_model", "solo_tracks", "timing", "sampling", "controls"}
+_TOP = {
+    "name",
+    "description",
+    "model",
+    "mode",
+    "input_channel",
+    "tracks",
+    "harmonize",
+    "on_input",
+    "solo_model",
+    "solo_tracks",
+    "timing",
+    "sampling",
+    "controls",
+}
 
 
 def parse(data: dict, path: Path) -> Preset:
@@ -211,7 +239,7 @@ def parse(data: dict, path: Path) -> Preset:
     model = _model_path(c, data, "model", path)
     solo_model = _model_path(c, data, "solo_model", path) if "solo_model" in data else None
     if mode == "jam" and solo_model is None:
-        c.fail("solo_model", "is required when mode = \"jam\"")
+        c.fail("solo_model", 'is required when mode = "jam"')
     return Preset(
         name=c.value(data, "name", "", str, path.stem),
         path=path,
@@ -241,8 +269,11 @@ def _model_path(c: _Checker, data: dict, key: str, path: Path) -> Path:
     else:
         p = zoo_dir() / f"{v}.onnx"
     if not p.is_file():
-        c.fail(key, f"names a model file that does not exist: {p} (expected a name from "
-                    f"{zoo_dir()} or a path to an .onnx file)")
+        c.fail(
+            key,
+            f"names a model file that does not exist: {p} (expected a name from "
+            f"{zoo_dir()} or a path to an .onnx file)",
+        )
     if p.suffix != ".onnx":
         c.fail(key, f"must be an .onnx model file (received {p})")
     return p
@@ -260,18 +291,27 @@ def _tracks(c: _Checker, items, where: str) -> list[TrackOut]:
         name = c.value(t, "name", w, str, f"track {i + 1}")
         program = c.value(t, "program", w, int, 0, lo=0, hi=127)
         rng = t.get("range", list(default_range(name, program)))
-        if (not isinstance(rng, list) or len(rng) != 2
-                or not all(isinstance(x, int) and not isinstance(x, bool) for x in rng)
-                or not 0 <= rng[0] <= rng[1] <= 127):
-            c.fail(f"{w} range", f"must be [low, high] MIDI pitches with 0 <= low <= high "
-                                 f"<= 127 (received {rng!r})")
-        out.append(TrackOut(
-            name=name,
-            channel=c.value(t, "channel", w, int, 1, lo=1, hi=16),
-            program=program,
-            velocity_scale=c.value(t, "velocity_scale", w, float, 1.0, lo=0, lo_open=True, hi=4),
-            range=(rng[0], rng[1]),
-        ))
+        if (
+            not isinstance(rng, list)
+            or len(rng) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in rng)
+            or not 0 <= rng[0] <= rng[1] <= 127
+        ):
+            c.fail(
+                f"{w} range",
+                f"must be [low, high] MIDI pitches with 0 <= low <= high <= 127 (received {rng!r})",
+            )
+        out.append(
+            TrackOut(
+                name=name,
+                channel=c.value(t, "channel", w, int, 1, lo=1, hi=16),
+                program=program,
+                velocity_scale=c.value(
+                    t, "velocity_scale", w, float, 1.0, lo=0, lo_open=True, hi=4
+                ),
+                range=(rng[0], rng[1]),
+            )
+        )
     channels = [t.channel for t in out]
     if len(set(channels)) != len(channels):
         c.fail(where, f"must use a distinct channel per track (received {channels})")
@@ -289,8 +329,9 @@ def _timing(c: _Checker, t) -> Timing:
         lookahead_ms=c.value(t, "lookahead_ms", w, float, d.lookahead_ms, lo=0, hi=500),
         tolerance_ms=c.value(t, "tolerance_ms", w, float, d.tolerance_ms, lo=0, hi=500),
         bars=c.value(t, "bars", w, int, d.bars, lo=1, hi=64),
-        silence_beats=c.value(t, "silence_beats", w, float, d.silence_beats, lo=0,
-                              lo_open=True, hi=32),
+        silence_beats=c.value(
+            t, "silence_beats", w, float, d.silence_beats, lo=0, lo_open=True, hi=32
+        ),
         start_on=c.value(t, "start_on", w, str, d.start_on, choices=START_ON),
     )
 
@@ -300,8 +341,7 @@ def _sampling(c: _Checker, s) -> SamplingCfg:
     d = SamplingCfg()
     c.table(s, w, set(asdict(d)))
     return SamplingCfg(
-        temperature=c.value(s, "temperature", w, float, d.temperature, lo=0, lo_open=True,
-                            hi=5),
+        temperature=c.value(s, "temperature", w, float, d.temperature, lo=0, lo_open=True, hi=5),
         top_k=c.value(s, "top_k", w, int, d.top_k, lo=0),
         top_p=c.value(s, "top_p", w, float, d.top_p, lo=0, lo_open=True, hi=1),
         key_strength=c.value(s, "key_strength", w, float, d.key_strength, lo=0, hi=20),
@@ -314,22 +354,29 @@ def _controls(c: _Checker, s) -> Controls:
     d = Controls()
     c.table(s, w, set(asdict(d)))
     rng = s.get("temperature_range", list(d.temperature_range))
-    if (not isinstance(rng, list) or len(rng) != 2
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rng)
-            or not 0 < rng[0] <= rng[1]):
-        c.fail(f"{w} temperature_range", f"must be [low, high] with 0 < low <= high "
-                                         f"(received {rng!r})")
-    ccs = {k: c.value(s, k, w, int, getattr(d, k), lo=0, hi=127)
-           for k in ("temperature_cc", "panic_cc", "trigger_cc", "scale_lock_cc")}
+    if (
+        not isinstance(rng, list)
+        or len(rng) != 2
+        or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rng)
+        or not 0 < rng[0] <= rng[1]
+    ):
+        c.fail(
+            f"{w} temperature_range", f"must be [low, high] with 0 < low <= high (received {rng!r})"
+        )
+    ccs = {
+        k: c.value(s, k, w, int, getattr(d, k), lo=0, hi=127)
+        for k in ("temperature_cc", "panic_cc", "trigger_cc", "scale_lock_cc")
+    }
     used = [(k, v) for k, v in ccs.items() if v]  # 0 = off
     for i, (k, v) in enumerate(used):
-        clash = next((k2 for k2, v2 in used[i + 1:] if v2 == v), None)
+        clash = next((k2 for k2, v2 in used[i + 1 :] if v2 == v), None)
         if clash:
             c.fail(f"{w} {k}", f"and {clash} are both CC {v}; one controller can do one thing")
     return Controls(
         **ccs,
         temperature_range=(float(rng[0]), float(rng[1])),
-        sustain_release_ends_phrase=c.value(s, "sustain_release_ends_phrase", w, bool,
-                                            d.sustain_release_ends_phrase),
+        sustain_release_ends_phrase=c.value(
+            s, "sustain_release_ends_phrase", w, bool, d.sustain_release_ends_phrase
+        ),
         program_change=c.value(s, "program_change", w, bool, d.program_change),
     )

@@ -22,9 +22,9 @@ import struct
 import sys
 import threading
 
-from companion.errors import MidiFileError
-from companion.outfiles import check_output, write_atomic
-from companion.score import TICKS_PER_BEAT
+from midi_companion.errors import MidiFileError
+from midi_companion.outfiles import check_output, write_atomic
+from midi_companion.score import TICKS_PER_BEAT
 
 FLUSH_EVERY_S = 2.0
 _LENGTH = {0x80: 3, 0x90: 3, 0xB0: 3, 0xC0: 2}  # what is recorded, by status nibble
@@ -65,8 +65,13 @@ class _Track:
 class Recorder:
     """Collects (beat, source, raw message); writes one track per (source, channel)."""
 
-    def __init__(self, path: str | os.PathLike, bpm: float, names: dict[int, str] | None = None,
-                 warn=sys.stderr):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        bpm: float,
+        names: dict[int, str] | None = None,
+        warn=sys.stderr,
+    ):
         self.path = check_output(path, "--record")
         self.bpm = bpm
         self.names = names or {}  # output channel (0-based) -> track name
@@ -109,20 +114,27 @@ class Recorder:
     def _smf(self) -> bytes:
         """The whole file: a conductor track (tempo), then one track per (source, channel)."""
         tempo = round(60_000_000 / self.bpm)
-        chunks = [_chunk(b"MThd", struct.pack(">HHH", 1, len(self._tracks) + 1, TICKS_PER_BEAT)),
-                  _chunk(b"MTrk", _meta(0x51, tempo.to_bytes(3, "big")) + _meta(0x2F, b""))]
+        chunks = [
+            _chunk(b"MThd", struct.pack(">HHH", 1, len(self._tracks) + 1, TICKS_PER_BEAT)),
+            _chunk(b"MTrk", _meta(0x51, tempo.to_bytes(3, "big")) + _meta(0x2F, b"")),
+        ]
         for (source, ch), track in sorted(self._tracks.items()):
             name = "player" if source == "player" else self.names.get(ch, f"companion ch {ch + 1}")
-            chunks.append(_chunk(b"MTrk", _meta(0x03, name.encode("latin-1", "replace"))
-                                 + bytes(track.data) + _meta(0x2F, b"")))
+            chunks.append(
+                _chunk(
+                    b"MTrk",
+                    _meta(0x03, name.encode("latin-1", "replace"))
+                    + bytes(track.data)
+                    + _meta(0x2F, b""),
+                )
+            )
         return b"".join(chunks)
 
     def flush_in_background(self) -> None:
         """`flush()` on a thread of its own, unless the previous one is still writing."""
         if self._writer is not None and self._writer.is_alive():
             return
-        self._writer = threading.Thread(target=self._flush_quietly, name="recorder",
-                                        daemon=True)
+        self._writer = threading.Thread(target=self._flush_quietly, name="recorder", daemon=True)
         self._writer.start()
 
     def _flush_quietly(self) -> None:
@@ -130,6 +142,10 @@ class Recorder:
             self.flush()
         except MidiFileError as err:
             if self.failed is None and self._warn is not None:
-                print(f"\ncompanion: warning: {err}; the recording is kept in memory and "
-                      "written again at the next flush", file=self._warn, flush=True)
+                print(
+                    f"\ncompanion: warning: {err}; the recording is kept in memory and "
+                    "written again at the next flush",
+                    file=self._warn,
+                    flush=True,
+                )
             self.failed = err

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from companion.errors import CompanionError
-from companion.outfiles import check_output, write_atomic
-from companion.score import Score
+from midi_companion.errors import CompanionError
+from midi_companion.outfiles import check_output, write_atomic
+from midi_companion.score import Score
 
 PX_PER_BEAT = 24
 PX_PER_SEMITONE = 6
@@ -69,9 +69,15 @@ def track_colours(score: Score) -> list[tuple[str, tuple[int, int, int]]]:
     return out
 
 
-def layout(score: Score, start: float | None = None, end: float | None = None,
-           px_per_beat: float = PX_PER_BEAT, px_per_semitone: int = PX_PER_SEMITONE,
-           max_width: int = MAX_WIDTH, source: str = "score") -> dict:
+def layout(
+    score: Score,
+    start: float | None = None,
+    end: float | None = None,
+    px_per_beat: float = PX_PER_BEAT,
+    px_per_semitone: int = PX_PER_SEMITONE,
+    max_width: int = MAX_WIDTH,
+    source: str = "score",
+) -> dict:
     """Geometry of the picture: the beat range, pixels per beat (scaled so the width is at
     most `max_width`), the pitch range drawn (low, high inclusive), width and height. Raises
     RenderError, naming `source`, when the range is empty or holds no notes."""
@@ -80,9 +86,11 @@ def layout(score: Score, start: float | None = None, end: float | None = None,
     start = 0.0 if start is None else float(start)
     end = score.end if end is None else float(end)
     if not end > start:
-        raise RenderError(f"{source}: nothing to draw from beat {start:g} to beat {end:g} "
-                          "(expected the end after the start; the last note ends at beat "
-                          f"{score.end:g})")
+        raise RenderError(
+            f"{source}: nothing to draw from beat {start:g} to beat {end:g} "
+            "(expected the end after the start; the last note ends at beat "
+            f"{score.end:g})"
+        )
     pitches = [n.pitch for t in score.tracks for n in t.notes if n.end > start and n.onset < end]
     if not pitches:
         raise RenderError(f"{source}: has no notes between beat {start:g} and beat {end:g}")
@@ -90,15 +98,29 @@ def layout(score: Score, start: float | None = None, end: float | None = None,
     ppb = min(float(px_per_beat), (max_width - 1) / span)
     low = max(0, min(pitches) - PITCH_MARGIN)
     high = min(127, max(pitches) + PITCH_MARGIN)
-    return {"start": start, "end": end, "px_per_beat": ppb, "px_per_semitone": px_per_semitone,
-            "low": low, "high": high, "width": int(round(span * ppb)) + 1,
-            "height": (high - low + 1) * px_per_semitone}
+    return {
+        "start": start,
+        "end": end,
+        "px_per_beat": ppb,
+        "px_per_semitone": px_per_semitone,
+        "low": low,
+        "high": high,
+        "width": int(round(span * ppb)) + 1,
+        "height": (high - low + 1) * px_per_semitone,
+    }
 
 
-def roll_image(score: Score, split: float | None = None, start: float | None = None,
-               end: float | None = None, *, px_per_beat: float = PX_PER_BEAT,
-               px_per_semitone: int = PX_PER_SEMITONE, max_width: int = MAX_WIDTH,
-               source: str = "score") -> np.ndarray:
+def roll_image(
+    score: Score,
+    split: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    *,
+    px_per_beat: float = PX_PER_BEAT,
+    px_per_semitone: int = PX_PER_SEMITONE,
+    max_width: int = MAX_WIDTH,
+    source: str = "score",
+) -> np.ndarray:
     """The piano roll of `score` between beats `start` (default 0) and `end` (default the
     last note's end) as an RGB array [H, W, 3] uint8. With `split`, a black marker at that
     beat and the notes starting before it blended 50% with white."""
@@ -141,11 +163,11 @@ def roll_image(score: Score, split: float | None = None, start: float | None = N
             y1 = y0 + pps
             img[y0:y1, x0:x1] = np.round(b).astype(np.uint8)
             if x1 - x0 > 2 and pps > 2:
-                img[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = np.round(f).astype(np.uint8)
+                img[y0 + 1 : y1 - 1, x0 + 1 : x1 - 1] = np.round(f).astype(np.uint8)
 
     if split is not None and start <= split <= end:
         x = x_of(split)
-        img[:, max(0, x):min(width, x + 2)] = SPLIT_LINE
+        img[:, max(0, x) : min(width, x + 2)] = SPLIT_LINE
     return img
 
 
@@ -154,20 +176,24 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     row, one IDAT chunk)."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
-        raise ValueError(f"expected an RGB image array [H, W, 3] of uint8, received shape "
-                         f"{rgb.shape} of {rgb.dtype}")
+        raise ValueError(
+            f"expected an RGB image array [H, W, 3] of uint8, received shape "
+            f"{rgb.shape} of {rgb.dtype}"
+        )
     height, width, _ = rgb.shape
-    rows = np.concatenate([np.zeros((height, 1), np.uint8), rgb.reshape(height, width * 3)],
-                          axis=1)
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), rgb.reshape(height, width * 3)], axis=1)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = zlib.crc32(kind + data) & 0xFFFFFFFF
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (PNG_SIGNATURE + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(np.ascontiguousarray(rows).tobytes(), 6))
-            + chunk(b"IEND", b""))
+    return (
+        PNG_SIGNATURE
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(np.ascontiguousarray(rows).tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
@@ -175,9 +201,14 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     write_atomic(path, png_bytes(rgb))
 
 
-def render_score(score: Score, path: str | os.PathLike, split: float | None = None,
-                 start: float | None = None, end: float | None = None,
-                 source: str = "score") -> tuple[int, int]:
+def render_score(
+    score: Score,
+    path: str | os.PathLike,
+    split: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    source: str = "score",
+) -> tuple[int, int]:
     """Draw `score` (see roll_image) and write it to `path` as a PNG; returns (width, height)."""
     img = roll_image(score, split=split, start=start, end=end, source=source)
     write_png(path, img)
@@ -188,14 +219,17 @@ def main(args) -> int:
     """`companion render FILE.mid -o FILE.png [--from BEAT] [--to BEAT] [--split BEAT]`."""
     out = Path(args.output)
     if out.suffix.lower() != ".png":
-        raise RenderError(f"-o {out}: expected a file name ending in .png, such as "
-                          f"{out.with_suffix('.png')}")
+        raise RenderError(
+            f"-o {out}: expected a file name ending in .png, such as {out.with_suffix('.png')}"
+        )
     check_output(out, "-o", inputs=[args.input])
     score = Score.from_midi(args.input)
-    width, height = render_score(score, out, split=args.split, start=args.start,
-                                 end=args.end, source=str(args.input))
-    tracks = ", ".join(f"{t.name or f'track {i + 1}'} ({name})"
-                       for i, (t, (name, _)) in enumerate(zip(score.tracks,
-                                                              track_colours(score))))
+    width, height = render_score(
+        score, out, split=args.split, start=args.start, end=args.end, source=str(args.input)
+    )
+    tracks = ", ".join(
+        f"{t.name or f'track {i + 1}'} ({name})"
+        for i, (t, (name, _)) in enumerate(zip(score.tracks, track_colours(score)))
+    )
     print(f"wrote {out}: {width}x{height} px; {tracks}")
     return 0

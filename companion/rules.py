@@ -34,33 +34,33 @@ MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10)  # natural minor (aeolian)
 # program (orchestration handbooks' practical ranges).
 VOICE_RANGES = {"soprano": (60, 81), "alto": (52, 74), "tenor": (46, 69), "bass": (36, 66)}
 GM_RANGES = (  # (first program, last program, low, high)
-    (0, 7, 21, 108),     # pianos
-    (8, 15, 48, 96),     # chromatic percussion
-    (16, 23, 36, 96),    # organs, accordion, harmonica
-    (24, 31, 40, 88),    # guitars
-    (32, 39, 28, 67),    # basses
-    (40, 40, 55, 103),   # violin
-    (41, 41, 48, 91),    # viola
-    (42, 42, 36, 76),    # cello
-    (43, 43, 28, 67),    # contrabass
-    (44, 51, 28, 103),   # string sections, harp, timpani
-    (52, 54, 40, 81),    # choir, voice
-    (55, 55, 36, 96),    # orchestra hit
-    (56, 56, 54, 82),    # trumpet
-    (57, 57, 40, 72),    # trombone
-    (58, 58, 28, 58),    # tuba
-    (59, 63, 36, 84),    # muted trumpet, horn, brass sections
-    (64, 64, 56, 87),    # soprano sax
-    (65, 65, 49, 81),    # alto sax
-    (66, 66, 44, 76),    # tenor sax
-    (67, 67, 36, 69),    # baritone sax
-    (68, 69, 58, 93),    # oboe, english horn (written range, sounding approx.)
-    (70, 70, 34, 75),    # bassoon
-    (71, 71, 50, 94),    # clarinet
-    (72, 72, 74, 108),   # piccolo
-    (73, 73, 60, 96),    # flute
-    (74, 79, 60, 96),    # recorder, pan flute, whistle, ocarina
-    (80, 103, 36, 96),   # synth leads, pads, effects
+    (0, 7, 21, 108),  # pianos
+    (8, 15, 48, 96),  # chromatic percussion
+    (16, 23, 36, 96),  # organs, accordion, harmonica
+    (24, 31, 40, 88),  # guitars
+    (32, 39, 28, 67),  # basses
+    (40, 40, 55, 103),  # violin
+    (41, 41, 48, 91),  # viola
+    (42, 42, 36, 76),  # cello
+    (43, 43, 28, 67),  # contrabass
+    (44, 51, 28, 103),  # string sections, harp, timpani
+    (52, 54, 40, 81),  # choir, voice
+    (55, 55, 36, 96),  # orchestra hit
+    (56, 56, 54, 82),  # trumpet
+    (57, 57, 40, 72),  # trombone
+    (58, 58, 28, 58),  # tuba
+    (59, 63, 36, 84),  # muted trumpet, horn, brass sections
+    (64, 64, 56, 87),  # soprano sax
+    (65, 65, 49, 81),  # alto sax
+    (66, 66, 44, 76),  # tenor sax
+    (67, 67, 36, 69),  # baritone sax
+    (68, 69, 58, 93),  # oboe, english horn (written range, sounding approx.)
+    (70, 70, 34, 75),  # bassoon
+    (71, 71, 50, 94),  # clarinet
+    (72, 72, 74, 108),  # piccolo
+    (73, 73, 60, 96),  # flute
+    (74, 79, 60, 96),  # recorder, pan flute, whistle, ocarina
+    (80, 103, 36, 96),  # synth leads, pads, effects
     (104, 111, 48, 84),  # ethnic
     (112, 127, 36, 84),  # percussive, sound effects
 )
@@ -85,8 +85,9 @@ def _zscored(x: np.ndarray) -> np.ndarray:
 
 # the 24 keys' profiles, z-scored, major keys first, tonic 0..11 (one matmul per estimate)
 _KEYS = [(t, m) for m in ("major", "minor") for t in range(12)]
-_KEY_PROFILES = _zscored(np.stack([np.roll(ref, t) for ref in (MAJOR_PROFILE, MINOR_PROFILE)
-                                   for t in range(12)]))
+_KEY_PROFILES = _zscored(
+    np.stack([np.roll(ref, t) for ref in (MAJOR_PROFILE, MINOR_PROFILE) for t in range(12)])
+)
 
 
 def key_from_profile(profile) -> tuple[int, str, float]:
@@ -121,8 +122,7 @@ def scale_pcs(tonic: int, mode: str) -> frozenset[int]:
     return frozenset((tonic + s) % 12 for s in steps)
 
 
-def key_bias(pitches: np.ndarray, key: tuple[int, str] | None, strength: float
-             ) -> np.ndarray:
+def key_bias(pitches: np.ndarray, key: tuple[int, str] | None, strength: float) -> np.ndarray:
     """Per pitch: 0 in the key, -strength outside it (-inf for a scale lock)."""
     if key is None or strength == 0:
         return np.zeros(len(pitches))
@@ -153,9 +153,16 @@ class EventsRules:
     `apply(decoder)` -> (mask, bias) for the next token: the decoder's grammar and the
     part's range, key and grid."""
 
-    def __init__(self, rep, low: int, high: int, key: tuple[int, str] | None = None,
-                 key_strength: float = 0.0, scale_lock: bool = False,
-                 grid: frozenset[int] | None = None):
+    def __init__(
+        self,
+        rep,
+        low: int,
+        high: int,
+        key: tuple[int, str] | None = None,
+        key_strength: float = 0.0,
+        scale_lock: bool = False,
+        grid: frozenset[int] | None = None,
+    ):
         self.rep = rep
         v = rep.vocab_size
         pitches = np.arange(128)
@@ -189,9 +196,12 @@ class EventsRules:
 
 
 # ---- voices ------------------------------------------------------------------------------
-def voice_leading_mask(candidates: np.ndarray, prev_self: int | None,
-                       decided: list[tuple[int | None, int | None]],
-                       above: int | None) -> np.ndarray:
+def voice_leading_mask(
+    candidates: np.ndarray,
+    prev_self: int | None,
+    decided: list[tuple[int | None, int | None]],
+    above: int | None,
+) -> np.ndarray:
     """Which candidate pitches a voice may take at this step.
 
     `prev_self`: its pitch at the step before (None = silent); `decided`: (before, now) of

@@ -43,8 +43,13 @@ def ascending_mask(fed, width: int) -> np.ndarray:
     return np.arange(width) > last[..., None]
 
 
-def sample(logits: np.ndarray, rng: np.random.Generator, params: Sampling,
-           mask: np.ndarray | None = None, bias: np.ndarray | None = None) -> int:
+def sample(
+    logits: np.ndarray,
+    rng: np.random.Generator,
+    params: Sampling,
+    mask: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+) -> int:
     """Draw one index from 1-D `logits` under `params`, never one that `mask` forbids;
     `bias` (nats, e.g. a key prior) is added after the temperature, so its strength does
     not depend on it."""
@@ -74,8 +79,9 @@ def sample(logits: np.ndarray, rng: np.random.Generator, params: Sampling,
     return int(np.searchsorted(c, rng.random() * c[-1], side="right"))
 
 
-def sample_bernoulli(logits: np.ndarray, rng: np.random.Generator,
-                     temperature: float = 1.0) -> np.ndarray:
+def sample_bernoulli(
+    logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0
+) -> np.ndarray:
     """Independent per-key draws from sigmoid(logits / temperature) (piano-roll models)."""
     p = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / temperature))
     return (rng.random(p.shape) < p).astype(np.uint8)

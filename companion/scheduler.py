@@ -43,8 +43,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from companion.ledger import NoteLedger, note_kind, note_off
-from companion.stats import percentiles
+from midi_companion.ledger import NoteLedger, note_kind, note_off
+from midi_companion.stats import percentiles
 
 Message = Sequence[int]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import mido
 
-from companion.errors import MidiFileError
-from companion.outfiles import write_atomic
+from midi_companion.errors import MidiFileError
+from midi_companion.outfiles import write_atomic
 
 DRUM_CHANNEL = 9
 DEFAULT_BPM = 120.0

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from companion import rules
-from companion.engine import Engine
-from companion.errors import ModelError
-from companion.sampling import Sampling, ascending_mask, sample, sample_bernoulli
+from midi_companion import rules
+from midi_companion.engine import Engine
+from midi_companion.errors import ModelError
+from midi_companion.sampling import Sampling, ascending_mask, sample, sample_bernoulli
 
 
 class Voice:
@@ -85,8 +85,14 @@ class LatentVoice(TokenVoice):
     the prior's mean.
     """
 
-    def __init__(self, engine, rep, encoder, sample_latent: bool = False,
-                 rng: np.random.Generator | None = None):
+    def __init__(
+        self,
+        engine,
+        rep,
+        encoder,
+        sample_latent: bool = False,
+        rng: np.random.Generator | None = None,
+    ):
         super().__init__(engine, rep)
         self.encoder = encoder
         self.sample_latent = sample_latent
@@ -141,8 +147,7 @@ class NoteVoice(Voice):
         self.pending.append(int(token) - self.offsets[i])
         if len(self.pending) == 3:
             out = self.engine.step({"note": np.array([[self.pending]], dtype=np.int64)})
-            self.heads = (out["pitch_logits"][0], out["step_logits"][0],
-                          out["duration_logits"][0])
+            self.heads = (out["pitch_logits"][0], out["step_logits"][0], out["duration_logits"][0])
             self.pending = []
 
     def next(self, rng, params, mask=None):
@@ -150,7 +155,7 @@ class NoteVoice(Voice):
             raise ModelError("a note model needs at least one note of context to continue")
         i = len(self.pending)
         full = np.full(self.rep.vocab_size, -np.inf, dtype=np.float64)
-        full[self.offsets[i]:self.offsets[i] + self.sizes[i]] = self.heads[i]
+        full[self.offsets[i] : self.offsets[i] + self.sizes[i]] = self.heads[i]
         field_mask = np.isfinite(full) if mask is None else (mask & np.isfinite(full))
         tok = sample(full, rng, params, field_mask)
         self.feed(tok)
@@ -201,8 +206,7 @@ class NadeVoice(Voice):
         self.logits = None
 
     def _step(self, token: int) -> None:
-        self.logits = self.engine.step({"token": np.array([[token]], dtype=np.int64)})[
-            "logits"][0]
+        self.logits = self.engine.step({"token": np.array([[token]], dtype=np.int64)})["logits"][0]
 
     def feed(self, frame) -> None:
         for k in np.flatnonzero(np.asarray(frame)):
@@ -238,8 +242,15 @@ class Accompanist(Voice):
 
     protocol = "multitrack-step"
 
-    def __init__(self, engine, rep, sampling: Sampling, ranges=None, key_strength: float = 0.0,
-                 scale_lock: bool = False):
+    def __init__(
+        self,
+        engine,
+        rep,
+        sampling: Sampling,
+        ranges=None,
+        key_strength: float = 0.0,
+        scale_lock: bool = False,
+    ):
         super().__init__(engine, rep)
         self.low = rep.params.low
         self.keys = rep.params.high - rep.params.low + 1
@@ -265,15 +276,14 @@ class Accompanist(Voice):
         self.prev: list[int | None] = [None] * self.rows  # each voice's pitch a step ago
         if "beat_pos" in self.engine.state:
             per_beat = max(1, round(1 / self.grid))
-            self.engine.state["beat_pos"] = np.full((self.engine.batch, 1), step % per_beat,
-                                                    dtype=np.float32)
+            self.engine.state["beat_pos"] = np.full(
+                (self.engine.batch, 1), step % per_beat, dtype=np.float32
+            )
 
     def _step(self, token: int) -> None:
-        self.logits = self.engine.step({"token": np.array([[token]], dtype=np.int64)})[
-            "logits"][0]
+        self.logits = self.engine.step({"token": np.array([[token]], dtype=np.int64)})["logits"][0]
 
-    def step(self, lead, rng, rows: list[set[int]] | None = None,
-             on_row=None) -> list[set[int]]:
+    def step(self, lead, rng, rows: list[set[int]] | None = None, on_row=None) -> list[set[int]]:
         """One grid step: the lead's pitches in, the accompaniment rows' pitches out; or,
         given `rows`, those rows fed in instead of sampled (the voices held or silenced by
         the mode), so the model knows what sounds. `on_row(k, pitches)` is called as each
@@ -314,8 +324,13 @@ class Accompanist(Voice):
             while True:
                 allowed = ascending_mask(tok, self.keys + 1)
                 mask = allowed & fits
-                tok = sample(self.logits[: self.keys + 1], rng, self.sampling,
-                             mask if mask.any() else allowed, bias)
+                tok = sample(
+                    self.logits[: self.keys + 1],
+                    rng,
+                    self.sampling,
+                    mask if mask.any() else allowed,
+                    bias,
+                )
                 if tok != self.end:
                     row.add(tok + self.low)
                 if self.one_per_row and on_row is not None:
@@ -371,14 +386,16 @@ DRIVERS = {v.protocol: v for v in (TokenVoice, NoteVoice, FrameVoice, NadeVoice)
 def voice_for(model, provider: str = "auto") -> Voice:
     """The driver for a loaded model file (its protocol picks it; a model file that names an
     encoder graph gets a LatentVoice)."""
-    from companion.latent import Encoder, has_encoder
+    from midi_companion.latent import Encoder, has_encoder
 
     if model.protocol == LatentVoice.protocol and has_encoder(model):
         return LatentVoice(Engine(model, provider=provider), model.representation, Encoder(model))
     cls = DRIVERS.get(model.protocol)
     if cls is None:
-        raise ModelError(f"{model.path}: protocol {model.protocol!r} cannot continue a phrase; "
-                         f"continuation protocols: {sorted(DRIVERS)}")
+        raise ModelError(
+            f"{model.path}: protocol {model.protocol!r} cannot continue a phrase; "
+            f"continuation protocols: {sorted(DRIVERS)}"
+        )
     engine = Engine(model, provider=provider)
     return cls(engine, model.representation)
 
@@ -386,15 +403,23 @@ def voice_for(model, provider: str = "auto") -> Voice:
 def accompanist_for(model, preset, provider: str = "auto") -> Accompanist:
     """The accompanist for a multitrack-step model, checked against the preset's tracks."""
     if model.protocol != Accompanist.protocol:
-        raise ModelError(f"{model.path}: mode {preset.mode!r} needs a multitrack-step model "
-                         f"(this one is {model.family}, {model.protocol})")
+        raise ModelError(
+            f"{model.path}: mode {preset.mode!r} needs a multitrack-step model "
+            f"(this one is {model.family}, {model.protocol})"
+        )
     rows = len(model.representation.track_names()) - 1
     if len(preset.tracks) != rows:
-        raise ModelError(f"{preset.path}: [[tracks]] lists {len(preset.tracks)} track(s) but "
-                         f"{model.path.name} generates {rows} "
-                         f"({', '.join(model.representation.track_names()[1:])})")
+        raise ModelError(
+            f"{preset.path}: [[tracks]] lists {len(preset.tracks)} track(s) but "
+            f"{model.path.name} generates {rows} "
+            f"({', '.join(model.representation.track_names()[1:])})"
+        )
     s = preset.sampling
-    return Accompanist(Engine(model, provider=provider), model.representation,
-                       Sampling(s.temperature, s.top_k, s.top_p),
-                       ranges=[t.range for t in preset.tracks], key_strength=s.key_strength,
-                       scale_lock=s.scale_lock)
+    return Accompanist(
+        Engine(model, provider=provider),
+        model.representation,
+        Sampling(s.temperature, s.top_k, s.top_p),
+        ranges=[t.range for t in preset.tracks],
+        key_strength=s.key_strength,
+        scale_lock=s.scale_lock,
+    )

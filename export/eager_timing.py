@@ -21,8 +21,8 @@ import numpy as np
 def eager_step_ns(model_path: str, feeds_path: str) -> list[int]:
     import torch
 
-    from companion.modelfile import load
-    from models import FAMILY_MODULES
+    from midi_companion.modelfile import load
+    from midi_companion.models import FAMILY_MODULES
 
     torch.set_num_threads(1)
     model = load(model_path)

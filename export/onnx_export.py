@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from companion import modelfile
-from companion.errors import CompanionError, ModelError
-from companion.modelfile import PROTOCOL_IO
-from models.checkpoint import build_model, count_parameters, load_checkpoint
-from models.export_spec import ExportSpec, GraphSpec
+from midi_companion import modelfile
+from midi_companion.errors import CompanionError, ModelError
+from midi_companion.modelfile import PROTOCOL_IO
+from midi_companion.models.checkpoint import build_model, count_parameters, load_checkpoint
+from midi_companion.models.export_spec import ExportSpec, GraphSpec
 
 FORMAT = modelfile.FORMAT
 
@@ -137,8 +137,11 @@ def store_float16(path: str | os.PathLike, min_elements: int = 16) -> int:
             continue
         half = numpy_helper.from_array(full.astype(np.float16), name=f"{init.name}__f16")
         keep.append(half)
-        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
-                                      name=f"{init.name}__to_f32"))
+        casts.append(
+            helper.make_node(
+                "Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=f"{init.name}__to_f32"
+            )
+        )
     del graph.initializer[:]
     graph.initializer.extend(keep)
     nodes = list(graph.node)
@@ -151,7 +154,7 @@ def store_float16(path: str | os.PathLike, min_elements: int = 16) -> int:
 
 def metadata(model: nn.Module, ckpt: dict, spec: ExportSpec) -> dict[str, str]:
     """The metadata_props of a model file (strings; JSON where structured)."""
-    from companion import representations
+    from midi_companion import representations
 
     rep = representations.from_dict(ckpt["representation"])
     js = lambda x: json.dumps(x, separators=(",", ":"))  # noqa: E731
@@ -233,8 +236,14 @@ def check_parity(
     return worst
 
 
-def check_graph_parity(graph: GraphSpec, onnx_path: str | os.PathLike, batch: int = 3,
-                       atol: float = 1e-4, seed: int = 0, tries: int = 4) -> dict[str, float]:
+def check_graph_parity(
+    graph: GraphSpec,
+    onnx_path: str | os.PathLike,
+    batch: int = 3,
+    atol: float = 1e-4,
+    seed: int = 0,
+    tries: int = 4,
+) -> dict[str, float]:
     """A one-shot graph (``ExportSpec.graphs``) on ``tries`` random inputs at ``batch``:
     ORT equals torch within ``atol`` (``ort_vs_torch``), and torch equals the graph's
     ``reference`` where it has one (``reference``); ParityError past ``atol``."""
@@ -249,18 +258,20 @@ def check_graph_parity(graph: GraphSpec, onnx_path: str | os.PathLike, batch: in
             out_o = sess.run(graph.output_names, {k: v.numpy() for k, v in x.items()})
             for name, a, b in zip(graph.output_names, out_o, out_t):
                 if a.shape != tuple(b.shape):
-                    raise ParityError(f"{onnx_path}: {name} has shape {a.shape} in ORT and "
-                                      f"{tuple(b.shape)} in torch at batch {batch}")
+                    raise ParityError(
+                        f"{onnx_path}: {name} has shape {a.shape} in ORT and "
+                        f"{tuple(b.shape)} in torch at batch {batch}"
+                    )
                 worst["ort_vs_torch"] = max(worst["ort_vs_torch"], _maxdiff(a, b.numpy()))
             if graph.reference is not None:
                 ref = graph.reference(x)
                 for name, b in zip(graph.output_names, out_t):
-                    worst["reference"] = max(worst["reference"],
-                                             _maxdiff(b.numpy(), ref[name].numpy()))
+                    worst["reference"] = max(
+                        worst["reference"], _maxdiff(b.numpy(), ref[name].numpy())
+                    )
     for what, diff in worst.items():
         if not diff <= atol:
-            raise ParityError(f"{onnx_path}: {what} differs by {diff:.3g} > {atol} "
-                              f"(batch {batch})")
+            raise ParityError(f"{onnx_path}: {what} differs by {diff:.3g} > {atol} (batch {batch})")
     return worst
 
 
@@ -306,8 +317,9 @@ def export_checkpoint(
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     # one-shot graphs beside the step graph (a VAE's encoder): <stem>.<name>.onnx
     extra = {g.name: (g, out_path.with_name(f"{out_path.stem}.{g.name}.onnx")) for g in spec.graphs}
-    extra_tmp = {name: path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                 for name, (_, path) in extra.items()}
+    extra_tmp = {
+        name: path.with_name(f".{path.name}.{os.getpid()}.tmp") for name, (_, path) in extra.items()
+    }
     try:
         export_onnx(spec, tmp)
         if float16:
@@ -319,10 +331,19 @@ def export_checkpoint(
             export_onnx(graph, extra_tmp[name])
             if float16:
                 store_float16(extra_tmp[name])
-            write_metadata(extra_tmp[name], {"format": FORMAT, "family": ckpt["family"],
-                                             "graph": name, "weights": meta["weights"]})
-            graph_parity[name] = {b: check_graph_parity(graph, extra_tmp[name], batch=b,
-                                                        atol=atol) for b in batch_sizes}
+            write_metadata(
+                extra_tmp[name],
+                {
+                    "format": FORMAT,
+                    "family": ckpt["family"],
+                    "graph": name,
+                    "weights": meta["weights"],
+                },
+            )
+            graph_parity[name] = {
+                b: check_graph_parity(graph, extra_tmp[name], batch=b, atol=atol)
+                for b in batch_sizes
+            }
             meta[name] = path.name  # the step file names its companion graphs
         write_metadata(tmp, meta)
         parity = {b: check_parity(spec, tmp, batch=b, steps=steps, atol=atol) for b in batch_sizes}
@@ -339,8 +360,10 @@ def export_checkpoint(
         "bytes": out_path.stat().st_size,
         "metadata": meta,
         "parity": parity,
-        "graphs": {name: {"path": str(path), "bytes": path.stat().st_size,
-                          "parity": graph_parity[name]} for name, (_, path) in extra.items()},
+        "graphs": {
+            name: {"path": str(path), "bytes": path.stat().st_size, "parity": graph_parity[name]}
+            for name, (_, path) in extra.items()
+        },
         "seconds": time.perf_counter() - t0,
     }
 
@@ -359,6 +382,8 @@ def main(args) -> int:
     )
     for name, g in report["graphs"].items():
         worst = max(max(p.values()) for p in g["parity"].values())
-        print(f"{g['path']}: the {name} graph, {g['bytes'] / 1e6:.2f} MB; parity at batch "
-              f"{', '.join(map(str, g['parity']))}: max diff {worst:.2g}")
+        print(
+            f"{g['path']}: the {name} graph, {g['bytes'] / 1e6:.2f} MB; parity at batch "
+            f"{', '.join(map(str, g['parity']))}: max diff {worst:.2g}"
+        )
     return 0

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.onnx_export import ort_session
-from models import roll_nade as rn
-from models.checkpoint import CHECKPOINT_FORMAT
+from midi_companion.export.onnx_export import ort_session
+from midi_companion.models import roll_nade as rn
+from midi_companion.models.checkpoint import CHECKPOINT_FORMAT
 
 
 def _initializers(graph) -> dict[str, np.ndarray]:
@@ -67,8 +67,9 @@ def _distances(graph, start: str) -> dict[str, int]:
     return dist
 
 
-def _frame_cells(graph, inits: dict[str, np.ndarray], state_inputs: list[str],
-                 hidden: list[int]) -> dict[int, list[dict]]:
+def _frame_cells(
+    graph, inits: dict[str, np.ndarray], state_inputs: list[str], hidden: list[int]
+) -> dict[int, list[dict]]:
     """Member index -> its frame-LSTM cells in layer order, each {"w_ih", "w_hh", "bias"}
     in nn.LSTM's layout, traced from the graph (see the module doc)."""
     producer = {o: n for n in graph.node for o in n.output}
@@ -101,12 +102,14 @@ def _frame_cells(graph, inits: dict[str, np.ndarray], state_inputs: list[str],
         if inits[ws[1]].shape[1] != four_h or four_h % 4 or four_h // 4 not in hidden:
             continue
         # the recurrent MatMul: its input is nearest to a member's state input h[_i]
-        near = [(d.get(m.input[0], 10**9), i, j)
-                for i, d in enumerate(dists) for j, m in enumerate(mms)]
+        near = [
+            (d.get(m.input[0], 10**9), i, j) for i, d in enumerate(dists) for j, m in enumerate(mms)
+        ]
         _, member, hh = min(near)
         if inits[ws[hh]].shape[0] != four_h // 4:
-            raise ValueError(f"{add.name}: the recurrent weight has shape "
-                             f"{inits[ws[hh]].shape}, not [H, 4H]")
+            raise ValueError(
+                f"{add.name}: the recurrent weight has shape {inits[ws[hh]].shape}, not [H, 4H]"
+            )
         bias = None
         for nxt in consumers.get(add.output[0], []):
             if nxt.op_type == "Add":
@@ -116,8 +119,13 @@ def _frame_cells(graph, inits: dict[str, np.ndarray], state_inputs: list[str],
         if bias is None:
             raise ValueError(f"{add.name}: no bias Add after the frame-LSTM cell")
         cells.setdefault(member, []).append(
-            {"order": order[id(add)], "w_ih": inits[ws[1 - hh]].T, "w_hh": inits[ws[hh]].T,
-             "bias": bias})
+            {
+                "order": order[id(add)],
+                "w_ih": inits[ws[1 - hh]].T,
+                "w_hh": inits[ws[hh]].T,
+                "bias": bias,
+            }
+        )
     return {i: sorted(c, key=lambda x: x["order"]) for i, c in cells.items()}
 
 
@@ -141,38 +149,51 @@ def recover(onnx_path: str | Path) -> dict:
     sd = {k: None for k in model.state_dict()}
     for p, t in zip(prefixes, targets):
         for name, a in inits.items():
-            if name.startswith(p) and t + name[len(p):] in sd:
-                sd[t + name[len(p):]] = torch.from_numpy(a.copy())
+            if name.startswith(p) and t + name[len(p) :] in sd:
+                sd[t + name[len(p) :]] = torch.from_numpy(a.copy())
     states = [s["name"] for s in json.loads(meta["state"])]
     h_inputs = [n for n in states if n == "h" or (n.startswith("h_") and n[2:].isdigit())]
     cells = _frame_cells(graph, inits, h_inputs, [m["hidden"] for m in members])
     for i, (m, t) in enumerate(zip(members, targets)):
         found = cells.get(i, [])
         if len(found) != m["layers"]:
-            raise ValueError(f"{onnx_path}: member {i} has {len(found)} frame-LSTM cells in the "
-                             f"graph, its model args say {m['layers']} layers")
+            raise ValueError(
+                f"{onnx_path}: member {i} has {len(found)} frame-LSTM cells in the "
+                f"graph, its model args say {m['layers']} layers"
+            )
         for layer, cell in enumerate(found):
             s = cell["bias"].astype(np.float32)
             b_ih = s.astype(np.float16).astype(np.float32)
-            for key, a in (("weight_ih", cell["w_ih"]), ("weight_hh", cell["w_hh"]),
-                           ("bias_ih", b_ih), ("bias_hh", s - b_ih)):
+            for key, a in (
+                ("weight_ih", cell["w_ih"]),
+                ("weight_hh", cell["w_hh"]),
+                ("bias_ih", b_ih),
+                ("bias_hh", s - b_ih),
+            ):
                 sd[f"{t}frame_lstm.{key}_l{layer}"] = torch.from_numpy(
-                    np.ascontiguousarray(a, dtype=np.float32))
+                    np.ascontiguousarray(a, dtype=np.float32)
+                )
     missing = [k for k, v in sd.items() if v is None]
     if missing:
         raise ValueError(f"{onnx_path}: no initializer for {missing}")
     model.load_state_dict(sd)
     load = lambda k: json.loads(meta[k]) if k in meta else {}  # noqa: E731
-    return {"format": CHECKPOINT_FORMAT, "family": rn.FAMILY,
-            "model_args": dict(model.model_args), "state_dict": model.state_dict(),
-            "representation": json.loads(meta["representation"]),
-            "corpus": load("corpus"), "metrics": load("metrics"), "train": load("training"),
-            "recovered_from": {"path": str(onnx_path), "weights": meta.get("weights")}}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "family": rn.FAMILY,
+        "model_args": dict(model.model_args),
+        "state_dict": model.state_dict(),
+        "representation": json.loads(meta["representation"]),
+        "corpus": load("corpus"),
+        "metrics": load("metrics"),
+        "train": load("training"),
+        "recovered_from": {"path": str(onnx_path), "weights": meta.get("weights")},
+    }
 
 
 def _streams(ckpt: dict, pieces: int, seed: int = 0) -> list[np.ndarray]:
     """Token streams to check on: test pieces of the file's benchmark, else random."""
-    from companion import benchmarks
+    from midi_companion import benchmarks
 
     names, _ = benchmarks.parse_corpus(ckpt.get("corpus", {}).get("name", ""))
     if names:
@@ -188,7 +209,7 @@ def _streams(ckpt: dict, pieces: int, seed: int = 0) -> list[np.ndarray]:
 
 def check(ckpt: dict, onnx_path: str | Path, pieces: int = 4) -> float:
     """Largest |torch - onnxruntime| over the raw logits of a few streams."""
-    from models.checkpoint import build_model
+    from midi_companion.models.checkpoint import build_model
 
     model = build_model(ckpt)
     spec = model.export_spec()
@@ -199,8 +220,7 @@ def check(ckpt: dict, onnx_path: str | Path, pieces: int = 4) -> float:
             full = model.stream_logits(torch.from_numpy(toks)[None])[0].numpy()
         state = {k: v.numpy() for k, v in spec.initial_state(1).items()}
         for t, tok in enumerate(toks):
-            out = sess.run(spec.output_names,
-                           {"token": np.array([[tok]], dtype=np.int64), **state})
+            out = sess.run(spec.output_names, {"token": np.array([[tok]], dtype=np.int64), **state})
             state = dict(zip(state, out[1:]))
             worst = max(worst, float(np.abs(out[0][0] - full[t]).max()))
     return worst
@@ -217,12 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = recover(args.model)
     diff = check(ckpt, args.model, args.pieces)
     if not diff <= args.atol:
-        print(f"{args.model}: recovered weights differ from the file by {diff:.3g} > "
-              f"{args.atol}; nothing written", file=sys.stderr)
+        print(
+            f"{args.model}: recovered weights differ from the file by {diff:.3g} > "
+            f"{args.atol}; nothing written",
+            file=sys.stderr,
+        )
         return 1
     torch.save(ckpt, args.output)
-    print(f"{args.output}: {ckpt['family']} from {args.model}; logits equal "
-          f"onnxruntime's within {diff:.2g} on {args.pieces} streams")
+    print(
+        f"{args.output}: {ckpt['family']} from {args.model}; logits equal "
+        f"onnxruntime's within {diff:.2g} on {args.pieces} streams"
+    )
     return 0
 
 

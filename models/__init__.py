@@ -6,13 +6,13 @@ Every family module exposes ``build(family, rep, **model_args) -> torch.nn.Modul
 """
 
 FAMILY_MODULES = {
-    "lstm": "models.lstm",
-    "bilstm": "models.lstm",
-    "conv-lstm": "models.lstm",
-    "note-lstm": "models.note_lstm",
-    "roll-lstm": "models.roll_lstm",
-    "transformer": "models.transformer",
-    "roll-nade-lstm": "models.roll_nade",
-    "multitrack-lstm": "models.multitrack_lstm",
-    "lstm-vae": "models.lstm_vae",
+    "lstm": "midi_companion.models.lstm",
+    "bilstm": "midi_companion.models.lstm",
+    "conv-lstm": "midi_companion.models.lstm",
+    "note-lstm": "midi_companion.models.note_lstm",
+    "roll-lstm": "midi_companion.models.roll_lstm",
+    "transformer": "midi_companion.models.transformer",
+    "roll-nade-lstm": "midi_companion.models.roll_nade",
+    "multitrack-lstm": "midi_companion.models.multitrack_lstm",
+    "lstm-vae": "midi_companion.models.lstm_vae",
 }

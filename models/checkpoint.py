@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from companion.errors import ModelError
+from midi_companion.errors import ModelError
 
 CHECKPOINT_FORMAT = "midi-companion-checkpoint/1"
 
@@ -39,8 +39,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 def build_model(ckpt: dict) -> nn.Module:
     """Rebuild the family's model from a checkpoint (weights loaded, eval mode, CPU)."""
-    from companion import representations
-    from models import FAMILY_MODULES
+    from midi_companion import representations
+    from midi_companion.models import FAMILY_MODULES
 
     family = ckpt["family"]
     if family not in FAMILY_MODULES:

@@ -40,8 +40,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from companion.errors import ConfigError, DataError, MidiFileError
-from companion.score import Note, Score, Track
+from midi_companion.errors import ConfigError, DataError, MidiFileError
+from midi_companion.score import Note, Score, Track
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from companion import benchmarks
-from companion.errors import ConfigError, DataError, RepresentationError
-from companion.score import Score
+from midi_companion import benchmarks
+from midi_companion.errors import ConfigError, DataError, RepresentationError
+from midi_companion.score import Score
 
 SPLITS = benchmarks.SPLITS
 
@@ -63,7 +63,7 @@ def load_data(cfg: dict, progress: bool = True) -> Data:
             scores[split] += [score for _, score in items]
             ids[split] += [piece_id for piece_id, _ in items]
     if other:
-        from models.corpora import load_corpus, split_pieces
+        from midi_companion.models.corpora import load_corpus, split_pieces
 
         pieces = load_corpus(other, progress=progress, limit=limit)
         for split, items in split_pieces(

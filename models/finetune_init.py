@@ -22,8 +22,8 @@ import time
 import numpy as np
 import torch
 
-from models import roll_nade as rn
-from models.checkpoint import build_model, load_checkpoint
+from midi_companion.models import roll_nade as rn
+from midi_companion.models.checkpoint import build_model, load_checkpoint
 
 
 def with_learned_init(ckpt: dict) -> dict:
@@ -38,8 +38,9 @@ def with_learned_init(ckpt: dict) -> dict:
     for i, m in enumerate(members):
         m["learn_init"] = True
         for k in ("init_h", "init_c"):
-            sd.setdefault(f"members.{i}.{k}" if ensemble else k,
-                          torch.zeros(m["layers"], 1, m["hidden"]))
+            sd.setdefault(
+                f"members.{i}.{k}" if ensemble else k, torch.zeros(m["layers"], 1, m["hidden"])
+            )
     ck["state_dict"] = sd
     return ck
 
@@ -73,9 +74,15 @@ def every_frame_nll(model, rolls: list[np.ndarray], budget: int = 6000) -> tuple
     return total["all"] / total["n"], total["after"] / total["n_after"]
 
 
-def finetune(ckpt: dict, rolls: dict[str, list[np.ndarray]], frames: int = 16,
-             lr: float = 0.03, steps: int = 150, eval_every: int = 10,
-             log=print) -> dict:
+def finetune(
+    ckpt: dict,
+    rolls: dict[str, list[np.ndarray]],
+    frames: int = 16,
+    lr: float = 0.03,
+    steps: int = 150,
+    eval_every: int = 10,
+    log=print,
+) -> dict:
     """The checkpoint with its members' offsets trained (see the module doc)."""
     ck = with_learned_init(ckpt)
     model = build_model(ck)
@@ -84,14 +91,17 @@ def finetune(ckpt: dict, rolls: dict[str, list[np.ndarray]], frames: int = 16,
         p.requires_grad_(name.rsplit(".", 1)[-1] in ("init_h", "init_c"))
         if p.requires_grad:
             params.append(p)
-    batch = rn.collate([np.asarray(r)[:frames] if frames else np.asarray(r)
-                        for r in rolls["train"]])
+    batch = rn.collate(
+        [np.asarray(r)[:frames] if frames else np.asarray(r) for r in rolls["train"]]
+    )
     batch["valid"][:, 0] = True
     opt = torch.optim.Adam(params, lr=lr)
     best, best_step = every_frame_nll(model, rolls["valid"]), 0
     best_sd = copy.deepcopy(model.state_dict())
-    log(f"{sum(p.numel() for p in params)} offsets; step 0: valid {best[0]:.6f} "
-        f"(t >= 1 {best[1]:.6f})")
+    log(
+        f"{sum(p.numel() for p in params)} offsets; step 0: valid {best[0]:.6f} "
+        f"(t >= 1 {best[1]:.6f})"
+    )
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         model.eval()  # the frozen model as it plays: no dropout
@@ -105,22 +115,39 @@ def finetune(ckpt: dict, rolls: dict[str, list[np.ndarray]], frames: int = 16,
             better = v[0] < best[0]
             if better:
                 best, best_step, best_sd = v, step, copy.deepcopy(model.state_dict())
-            log(f"step {step}: train {train_nll:.4f} (first {frames or 'all'} frames) "
+            log(
+                f"step {step}: train {train_nll:.4f} (first {frames or 'all'} frames) "
                 f"valid {v[0]:.6f} (t >= 1 {v[1]:.6f}){' best' if better else ''}; "
-                f"{time.perf_counter() - t0:.0f} s")
+                f"{time.perf_counter() - t0:.0f} s"
+            )
     model.load_state_dict(best_sd)
     test = every_frame_nll(model, rolls["test"]) if rolls.get("test") else (None, None)
-    log(f"best step {best_step}: valid {best[0]:.6f} (t >= 1 {best[1]:.6f}), test "
-        f"{test[0]:.6f} (t >= 1 {test[1]:.6f}) nats/frame over every frame")
+    log(
+        f"best step {best_step}: valid {best[0]:.6f} (t >= 1 {best[1]:.6f}), test "
+        f"{test[0]:.6f} (t >= 1 {test[1]:.6f}) nats/frame over every frame"
+    )
     ck["state_dict"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ck["model_args"] = dict(model.model_args)
-    ck["metrics"] = {"unit": "frame", "counts": "every frame, frame 0 from the initial state",
-                     "valid_nll": best[0], "valid_nll_after_first": best[1],
-                     "test_nll": test[0], "test_nll_after_first": test[1],
-                     "before_init": ckpt.get("metrics")}
-    ck["train"] = {**ck.get("train", {}), "init": {
-        "steps": best_step, "lr": lr, "frames": frames, "seconds":
-        round(time.perf_counter() - t0, 1), "split": "train", "selected_on": "valid"}}
+    ck["metrics"] = {
+        "unit": "frame",
+        "counts": "every frame, frame 0 from the initial state",
+        "valid_nll": best[0],
+        "valid_nll_after_first": best[1],
+        "test_nll": test[0],
+        "test_nll_after_first": test[1],
+        "before_init": ckpt.get("metrics"),
+    }
+    ck["train"] = {
+        **ck.get("train", {}),
+        "init": {
+            "steps": best_step,
+            "lr": lr,
+            "frames": frames,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "split": "train",
+            "selected_on": "valid",
+        },
+    }
     return ck
 
 
@@ -134,12 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--eval-every", type=int, default=10)
     args = ap.parse_args(argv)
-    from companion import benchmarks
+    from midi_companion import benchmarks
 
     torch.set_num_threads(1)
-    ck = finetune(load_checkpoint(args.checkpoint), benchmarks.load(args.benchmark),
-                  frames=args.frames, lr=args.lr, steps=args.steps,
-                  eval_every=args.eval_every, log=lambda s: print(s, flush=True))
+    ck = finetune(
+        load_checkpoint(args.checkpoint),
+        benchmarks.load(args.benchmark),
+        frames=args.frames,
+        lr=args.lr,
+        steps=args.steps,
+        eval_every=args.eval_every,
+        log=lambda s: print(s, flush=True),
+    )
     torch.save(ck, args.output)
     print(f"wrote {args.output}")
     return 0

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.data import sequence_batches
+from midi_companion.models.data import sequence_batches
 
 FAMILIES = ("lstm", "bilstm", "conv-lstm")
 PROTOCOL = "token-step"
@@ -50,14 +50,15 @@ class TokenModel(nn.Module):
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         tokens, mask = batch["tokens"], batch["mask"]
         phase = batch.get("phase")
-        logits = (self(tokens[:, :-1]) if phase is None
-                  else self(tokens[:, :-1], phase[:, :-1]))  # [B, T-1, V]
+        logits = (
+            self(tokens[:, :-1]) if phase is None else self(tokens[:, :-1], phase[:, :-1])
+        )  # [B, T-1, V]
         nll = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
         target = mask[:, 1:].flatten()
         return (nll * target).sum(), target.sum()
 
     def export_spec(self):
-        from models.export_spec import ExportSpec, StepModule
+        from midi_companion.models.export_spec import ExportSpec, StepModule
 
         state = self.state_spec()
         zeros = [torch.zeros([2 if d == "B" else d for d in s["shape"]]) for s in state]
@@ -75,13 +76,19 @@ class TokenModel(nn.Module):
         )
 
 
-
 class LSTM(TokenModel):
     family = "lstm"
 
     def __init__(
-        self, vocab: int, embed: int = 128, hidden: int = 256, layers: int = 2,
-        dropout: float = 0.1, meter: bool = False, token_steps=None, steps_per_beat: int = 0,
+        self,
+        vocab: int,
+        embed: int = 128,
+        hidden: int = 256,
+        layers: int = 2,
+        dropout: float = 0.1,
+        meter: bool = False,
+        token_steps=None,
+        steps_per_beat: int = 0,
     ):
         super().__init__()
         self.model_args = dict(embed=embed, hidden=hidden, layers=layers, dropout=dropout)
@@ -241,11 +248,14 @@ def build(family: str, rep, **model_args) -> TokenModel:
         )
     cls = {"lstm": LSTM, "bilstm": BiLSTM, "conv-lstm": ConvLSTM}[family]
     if family == "lstm" and model_args.pop("meter", True) and rep.token_steps() is not None:
-        model_args.update(meter=True, token_steps=rep.token_steps(),
-                          steps_per_beat=rep.steps_per_beat)
+        model_args.update(
+            meter=True, token_steps=rep.token_steps(), steps_per_beat=rep.steps_per_beat
+        )
     elif model_args.get("meter"):
-        raise ValueError(f"{family}: meter needs the lstm family over a representation whose "
-                         f"tokens carry time (received {family!r} over {rep.name!r})")
+        raise ValueError(
+            f"{family}: meter needs the lstm family over a representation whose "
+            f"tokens carry time (received {family!r} over {rep.name!r})"
+        )
     else:
         model_args.pop("meter", None)
     return cls(rep.vocab_size, **model_args)

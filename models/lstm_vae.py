@@ -50,8 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models import lstm
-from models.data import collate
+from midi_companion.models import lstm
+from midi_companion.models.data import collate
 
 FAMILY = "lstm-vae"
 PROTOCOL = "token-step"
@@ -63,38 +63,70 @@ class LSTMVAE(nn.Module):
     unit = "token"
 
     def __init__(
-        self, vocab: int, embed: int = 128, enc_hidden: int = 256, enc_layers: int = 3,
-        hidden: int = 256, layers: int = 3, latent: int = 20, dropout: float = 0.1,
-        word_dropout: float = 0.0, beta: float = 1.0, kl_warmup: int = 0,
-        free_bits: float = 0.0, meter: bool = False, token_steps=None, steps_per_beat: int = 0,
+        self,
+        vocab: int,
+        embed: int = 128,
+        enc_hidden: int = 256,
+        enc_layers: int = 3,
+        hidden: int = 256,
+        layers: int = 3,
+        latent: int = 20,
+        dropout: float = 0.1,
+        word_dropout: float = 0.0,
+        beta: float = 1.0,
+        kl_warmup: int = 0,
+        free_bits: float = 0.0,
+        meter: bool = False,
+        token_steps=None,
+        steps_per_beat: int = 0,
     ):
         super().__init__()
-        for name, v, lo in (("latent", latent, 1), ("layers", layers, 1),
-                            ("enc_layers", enc_layers, 1), ("kl_warmup", kl_warmup, 0)):
+        for name, v, lo in (
+            ("latent", latent, 1),
+            ("layers", layers, 1),
+            ("enc_layers", enc_layers, 1),
+            ("kl_warmup", kl_warmup, 0),
+        ):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{FAMILY}: {name} must be an integer >= {lo} (received {v!r})")
         if not 0 <= word_dropout < 1:
             raise ValueError(f"{FAMILY}: word_dropout must be in [0, 1) (received {word_dropout})")
         if beta < 0 or free_bits < 0:
             raise ValueError(f"{FAMILY}: beta and free_bits must be >= 0")
-        self.model_args = dict(embed=embed, enc_hidden=enc_hidden, enc_layers=enc_layers,
-                               hidden=hidden, layers=layers, latent=latent, dropout=dropout,
-                               word_dropout=word_dropout, beta=beta, kl_warmup=kl_warmup,
-                               free_bits=free_bits, meter=bool(meter))
+        self.model_args = dict(
+            embed=embed,
+            enc_hidden=enc_hidden,
+            enc_layers=enc_layers,
+            hidden=hidden,
+            layers=layers,
+            latent=latent,
+            dropout=dropout,
+            word_dropout=word_dropout,
+            beta=beta,
+            kl_warmup=kl_warmup,
+            free_bits=free_bits,
+            meter=bool(meter),
+        )
         self.vocab, self.hidden, self.layers, self.latent = vocab, hidden, layers, latent
         self.beta, self.kl_warmup, self.free_bits = float(beta), kl_warmup, float(free_bits)
         self.word_dropout = float(word_dropout)
         self.drop = nn.Dropout(dropout)
         # encoder
         self.enc_emb = nn.Embedding(vocab, embed)
-        self.enc = nn.LSTM(embed, enc_hidden, enc_layers, batch_first=True,
-                           dropout=dropout if enc_layers > 1 else 0.0)
+        self.enc = nn.LSTM(
+            embed,
+            enc_hidden,
+            enc_layers,
+            batch_first=True,
+            dropout=dropout if enc_layers > 1 else 0.0,
+        )
         self.to_latent = nn.Linear(enc_hidden, 2 * latent)
         # decoder
         self.emb = nn.Embedding(vocab, embed)
         self.z_init = nn.Linear(latent, 2 * layers * hidden)
-        self.dec = nn.LSTM(embed + latent, hidden, layers, batch_first=True,
-                           dropout=dropout if layers > 1 else 0.0)
+        self.dec = nn.LSTM(
+            embed + latent, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+        )
         self.head = nn.Linear(hidden, vocab)
         self.beat = 0
         if meter:
@@ -127,7 +159,7 @@ class LSTMVAE(nn.Module):
         y, _ = self.enc(self.drop(self.enc_emb(tokens)))  # [B, T, He]
         idx = (lengths - 1).clamp(min=0)[:, None, None].expand(-1, 1, y.shape[-1])
         out = self.to_latent(self.drop(y.gather(1, idx)[:, 0]))
-        return out[:, :self.latent], out[:, self.latent:]
+        return out[:, : self.latent], out[:, self.latent :]
 
     # ---- decoder ------------------------------------------------------------------------
     def init_state(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -186,10 +218,12 @@ class LSTMVAE(nn.Module):
         target = mask[:, 1:].flatten()
         recon = (nll * target).sum()
         n = target.sum()
-        kl = 0.5 * (logvar.exp() + mean ** 2 - 1.0 - logvar)  # [B, latent]
+        kl = 0.5 * (logvar.exp() + mean**2 - 1.0 - logvar)  # [B, latent]
         if not self.training:
-            self._terms += torch.tensor([float(recon.detach()), float(kl.detach().sum()),
-                                         float(n), float(mean.shape[0])], dtype=torch.float64)
+            self._terms += torch.tensor(
+                [float(recon.detach()), float(kl.detach().sum()), float(n), float(mean.shape[0])],
+                dtype=torch.float64,
+            )
             return recon + kl.sum(), n
         if self.free_bits:
             penalty = kl.mean(0).clamp(min=self.free_bits).sum() * kl.shape[0]
@@ -200,12 +234,15 @@ class LSTMVAE(nn.Module):
     # ---- export -------------------------------------------------------------------------
     def state_spec(self) -> list[dict]:
         shape = [self.layers, "B", self.hidden]
-        spec = [{"name": "h", "shape": shape}, {"name": "c", "shape": shape},
-                {"name": "z", "shape": ["B", self.latent]}]
+        spec = [
+            {"name": "h", "shape": shape},
+            {"name": "c", "shape": shape},
+            {"name": "z", "shape": ["B", self.latent]},
+        ]
         return spec + ([{"name": "time", "shape": ["B", 1]}] if self.beat else [])
 
     def export_spec(self):
-        from models.export_spec import ExportSpec, GraphSpec, StepModule
+        from midi_companion.models.export_spec import ExportSpec, GraphSpec, StepModule
 
         state = self.state_spec()
         zeros = [torch.zeros([2 if d == "B" else d for d in s["shape"]]) for s in state]
@@ -213,8 +250,10 @@ class LSTMVAE(nn.Module):
         vocab = self.vocab
 
         def random_inputs(b, t, g):  # a random latent: the rollout starts from it
-            return {"token": torch.randint(0, vocab, (b, t), generator=g),
-                    "z": torch.randn(b, self.latent, generator=g)}
+            return {
+                "token": torch.randint(0, vocab, (b, t), generator=g),
+                "z": torch.randn(b, self.latent, generator=g),
+            }
 
         def random_phrases(b, g):
             t = int(torch.randint(2, 80, (1,), generator=g))
@@ -223,17 +262,25 @@ class LSTMVAE(nn.Module):
             return {"tokens": torch.randint(0, vocab, (b, t), generator=g), "lengths": lengths}
 
         def each_alone(inputs):  # every phrase encoded unpadded: padding must not count
-            outs = [self.encode(tok[None, :n], n[None])
-                    for tok, n in zip(inputs["tokens"], inputs["lengths"])]
-            return {"mean": torch.cat([m for m, _ in outs]),
-                    "logvar": torch.cat([v for _, v in outs])}
+            outs = [
+                self.encode(tok[None, :n], n[None])
+                for tok, n in zip(inputs["tokens"], inputs["lengths"])
+            ]
+            return {
+                "mean": torch.cat([m for m, _ in outs]),
+                "logvar": torch.cat([v for _, v in outs]),
+            }
 
         encoder = GraphSpec(
-            name="encoder", module=_Encoder(self),
+            name="encoder",
+            module=_Encoder(self),
             example_inputs=(torch.randint(0, vocab, (2, 7)), torch.tensor([7, 5])),
-            input_names=["tokens", "lengths"], output_names=["mean", "logvar"],
+            input_names=["tokens", "lengths"],
+            output_names=["mean", "logvar"],
             dynamic_axes={"tokens": {0: "B", 1: "T"}, "lengths": {0: "B"}},
-            random_inputs=random_phrases, reference=each_alone)
+            random_inputs=random_phrases,
+            reference=each_alone,
+        )
         return ExportSpec(
             module=StepModule(self),
             example_inputs=(torch.tensor([[1], [2]]) % vocab, *zeros),
@@ -244,7 +291,6 @@ class LSTMVAE(nn.Module):
             sequence=lambda seq: {"logits": self(seq["token"], seq["z"])},
             graphs=[encoder],
         )
-
 
 
 class _Encoder(nn.Module):
@@ -261,16 +307,19 @@ def build(family: str, rep, **model_args) -> LSTMVAE:
     if family != FAMILY:
         raise ValueError(f"models.lstm_vae builds {FAMILY!r} (received {family!r})")
     if rep.kind != "tokens":
-        raise ValueError(f"{FAMILY} needs a token representation (received {rep.name!r}, "
-                         f"which gives {rep.kind})")
+        raise ValueError(
+            f"{FAMILY} needs a token representation (received {rep.name!r}, which gives {rep.kind})"
+        )
     if model_args.pop("meter", True) and rep.token_steps() is not None:
-        model_args.update(meter=True, token_steps=rep.token_steps(),
-                          steps_per_beat=rep.steps_per_beat)
+        model_args.update(
+            meter=True, token_steps=rep.token_steps(), steps_per_beat=rep.steps_per_beat
+        )
     return LSTMVAE(rep.vocab_size, **model_args)
 
 
-def batches(pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator | None,
-            train: bool) -> Iterator[dict[str, Tensor]]:
+def batches(
+    pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator | None, train: bool
+) -> Iterator[dict[str, Tensor]]:
     """Phrases: windows of `seq_len + 1` tokens overlapping by one (each token predicted
     once an epoch), with their positions in the beat where the tokens carry time.
     Training: models/lstm.py's shuffled windows at a random phase. Evaluation: each piece cut
@@ -284,9 +333,9 @@ def batches(pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator |
     windows = []
     for p in pieces:
         x = p if steps is None else np.stack([p, np.cumsum(steps[p]) % rep.steps_per_beat], 1)
-        windows += [x[s:s + n] for s in range(0, len(p) - 1, n - 1) if len(x[s:s + n]) >= 2]
+        windows += [x[s : s + n] for s in range(0, len(p) - 1, n - 1) if len(x[s : s + n]) >= 2]
     for i in range(0, len(windows), cfg["batch_size"]):
-        b = collate(windows[i:i + cfg["batch_size"]], "tokens")
+        b = collate(windows[i : i + cfg["batch_size"]], "tokens")
         if steps is not None:
             both = b.pop("tokens")
             b = {"tokens": both[..., 0], "phase": both[..., 1], **b}

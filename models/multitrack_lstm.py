@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.roll_nade import _dynamic_axes, _lstm_cell, mask_logits
+from midi_companion.models.roll_nade import _dynamic_axes, _lstm_cell, mask_logits
 
 FAMILY = "multitrack-lstm"
 PROTOCOL = "multitrack-step"
@@ -54,22 +54,43 @@ class MultitrackLSTM(nn.Module):
     family = FAMILY
     protocol = PROTOCOL
 
-    def __init__(self, keys: int, tracks: int, hidden: int = 256, layers: int = 2,
-                 dec_hidden: int = 192, dec_embed: int = 64, dropout: float = 0.3,
-                 local_kernel: int = 0, local_channels: int = 16, lead_weight: float = 0.0,
-                 meter: int = 0):
+    def __init__(
+        self,
+        keys: int,
+        tracks: int,
+        hidden: int = 256,
+        layers: int = 2,
+        dec_hidden: int = 192,
+        dec_embed: int = 64,
+        dropout: float = 0.3,
+        local_kernel: int = 0,
+        local_channels: int = 16,
+        lead_weight: float = 0.0,
+        meter: int = 0,
+    ):
         super().__init__()
         if tracks < 2:
-            raise ValueError(f"multitrack-lstm needs a lead and >= 1 other track "
-                             f"(received {tracks} tracks)")
-        self.model_args = dict(keys=keys, tracks=tracks, hidden=hidden, layers=layers,
-                               dec_hidden=dec_hidden, dec_embed=dec_embed, dropout=dropout,
-                               local_kernel=local_kernel, local_channels=local_channels,
-                               lead_weight=lead_weight, meter=meter)
+            raise ValueError(
+                f"multitrack-lstm needs a lead and >= 1 other track (received {tracks} tracks)"
+            )
+        self.model_args = dict(
+            keys=keys,
+            tracks=tracks,
+            hidden=hidden,
+            layers=layers,
+            dec_hidden=dec_hidden,
+            dec_embed=dec_embed,
+            dropout=dropout,
+            local_kernel=local_kernel,
+            local_channels=local_channels,
+            lead_weight=lead_weight,
+            meter=meter,
+        )
         self.P, self.K, self.H, self.L, self.Hd = keys, tracks, hidden, layers, dec_hidden
         self.lead_weight = lead_weight
-        self.frame_lstm = nn.LSTM(tracks * keys, hidden, layers, batch_first=True,
-                                  dropout=dropout if layers > 1 else 0.0)
+        self.frame_lstm = nn.LSTM(
+            tracks * keys, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+        )
         self.drop = nn.Dropout(dropout)
         self.embed = nn.Embedding(keys + 2, dec_embed)
         self.row_embed = nn.Embedding(tracks + 1, dec_embed)  # row K: the step is complete
@@ -89,7 +110,9 @@ class MultitrackLSTM(nn.Module):
             if local_channels:
                 self.local = nn.Sequential(
                     nn.Conv1d(2 * tracks, local_channels, local_kernel, padding=pad),
-                    nn.Tanh(), nn.Conv1d(local_channels, tracks + 1, 1))
+                    nn.Tanh(),
+                    nn.Conv1d(local_channels, tracks + 1, 1),
+                )
             else:  # linear: a learned bias per interval, row and source row
                 self.local = nn.Conv1d(2 * tracks, tracks + 1, local_kernel, padding=pad)
 
@@ -102,8 +125,7 @@ class MultitrackLSTM(nn.Module):
         h0, c0 = torch.tanh(self.ctx_init(ctx)).chunk(2, dim=-1)
         return h0.contiguous(), c0.contiguous()
 
-    def _logits(self, d: Tensor, ctx: Tensor, prev: Tensor, acc: Tensor, row: Tensor
-                ) -> Tensor:
+    def _logits(self, d: Tensor, ctx: Tensor, prev: Tensor, acc: Tensor, row: Tensor) -> Tensor:
         """Next-token logits [N, P+1]; prev, acc [N, K*P]; row [N] int64 in 0..K."""
         logits = self.dec_head(d) + self.ctx_head(ctx)
         if self.local is not None:
@@ -114,16 +136,18 @@ class MultitrackLSTM(nn.Module):
             logits = logits + F.pad(bias, (0, 1))
         return logits
 
-    def _decode(self, ctx: Tensor, prev: Tensor, inputs: Tensor, phase: Tensor | None = None
-                ) -> Tensor:
+    def _decode(
+        self, ctx: Tensor, prev: Tensor, inputs: Tensor, phase: Tensor | None = None
+    ) -> Tensor:
         """Raw next-token logits [F, S, P+1] for F steps whose within-step LSTMs read
         `inputs` [F, S] (BEGIN, then keys and ENDs), given contexts [F, H], the previous
         steps [F, K*P] and each step's position in the beat [F]."""
         P, K = self.P, self.K
         Fn, S = inputs.shape
         row = (inputs == P).long().cumsum(1).clamp(max=K)  # row of the token after each input
-        x = (self.drop(self.embed(inputs)) + self.ctx_in(ctx)[:, None]
-             + self.row_embed(row))  # [F, S, E]
+        x = (
+            self.drop(self.embed(inputs)) + self.ctx_in(ctx)[:, None] + self.row_embed(row)
+        )  # [F, S, E]
         if self.beat:
             x = x + self.phase_embed(phase)[:, None]
         h, c = self._init_dec(ctx)
@@ -135,12 +159,19 @@ class MultitrackLSTM(nn.Module):
         # this step's rows so far: each key input lands at (its row, key)
         key_row = row - (inputs == P).long()  # a key's row: ENDs before it
         is_key = inputs < P
-        slot = torch.where(is_key, key_row.clamp(max=K - 1) * P + inputs.clamp(max=P - 1),
-                           torch.full_like(inputs, K * P))
-        acc = F.one_hot(slot, K * P + 1)[..., :K * P].to(ctx.dtype).cumsum(1)  # [F, S, K*P]
-        logits = self._logits(d.reshape(Fn * S, -1), ctx.repeat_interleave(S, 0),
-                              prev.repeat_interleave(S, 0), acc.reshape(Fn * S, K * P),
-                              row.reshape(-1))
+        slot = torch.where(
+            is_key,
+            key_row.clamp(max=K - 1) * P + inputs.clamp(max=P - 1),
+            torch.full_like(inputs, K * P),
+        )
+        acc = F.one_hot(slot, K * P + 1)[..., : K * P].to(ctx.dtype).cumsum(1)  # [F, S, K*P]
+        logits = self._logits(
+            d.reshape(Fn * S, -1),
+            ctx.repeat_interleave(S, 0),
+            prev.repeat_interleave(S, 0),
+            acc.reshape(Fn * S, K * P),
+            row.reshape(-1),
+        )
         return logits.view(Fn, S, P + 1)
 
     # ---- training ---------------------------------------------------------------------
@@ -161,8 +192,9 @@ class MultitrackLSTM(nn.Module):
         inputs = torch.where(seq[:, :-1] < 0, self.P, inputs)  # padding: its loss is ignored
         phase = batch["phase"][valid] % max(self.beat, 1)
         logits = mask_logits(self._decode(ctx[valid], prevs[valid], inputs, phase), inputs)
-        nll = F.cross_entropy(logits.reshape(-1, self.P + 1), targets.reshape(-1).clamp(min=0),
-                              reduction="none").view(targets.shape)
+        nll = F.cross_entropy(
+            logits.reshape(-1, self.P + 1), targets.reshape(-1).clamp(min=0), reduction="none"
+        ).view(targets.shape)
         lead = (inputs == self.P).long().cumsum(1) == 0  # target still in the lead row
         weight = torch.where(lead, self.lead_weight, 1.0) * (targets >= 0)
         return (nll * weight).sum(), torch.tensor(float(seq.shape[0]))
@@ -193,43 +225,45 @@ class MultitrackLSTM(nn.Module):
             width = max(len(s) for s in segs)
             inputs = torch.full((len(segs), width), P, dtype=torch.int64)
             for j, seg in enumerate(segs):
-                inputs[j, :len(seg)] = seg
+                inputs[j, : len(seg)] = seg
             phase = torch.arange(len(segs)) % max(self.beat, 1)
             logits = self._decode(ctx[0], prevs, inputs, phase)
             for j, (a, seg) in enumerate(zip(bounds[:-1], segs)):
-                out[b, a:a + len(seg)] = logits[j, :len(seg)]
+                out[b, a : a + len(seg)] = logits[j, : len(seg)]
         return out
 
     # ---- export -------------------------------------------------------------------------
     def state_spec(self) -> list[dict]:
         KP = self.K * self.P
-        return [{"name": "h", "shape": [self.L, "B", self.H]},
-                {"name": "c", "shape": [self.L, "B", self.H]},
-                {"name": "dh", "shape": ["B", self.Hd]},
-                {"name": "dc", "shape": ["B", self.Hd]},
-                {"name": "acc", "shape": ["B", KP]},
-                {"name": "prev", "shape": ["B", KP]},
-                {"name": "row", "shape": ["B", 1]}] + (
-                    [{"name": "beat_pos", "shape": ["B", 1]}] if self.beat else [])
+        return [
+            {"name": "h", "shape": [self.L, "B", self.H]},
+            {"name": "c", "shape": [self.L, "B", self.H]},
+            {"name": "dh", "shape": ["B", self.Hd]},
+            {"name": "dc", "shape": ["B", self.Hd]},
+            {"name": "acc", "shape": ["B", KP]},
+            {"name": "prev", "shape": ["B", KP]},
+            {"name": "row", "shape": ["B", 1]},
+        ] + ([{"name": "beat_pos", "shape": ["B", 1]}] if self.beat else [])
 
     def export_spec(self):
-        from models.export_spec import ExportSpec
+        from midi_companion.models.export_spec import ExportSpec
 
         step = MultitrackStep(self)
         example = (torch.tensor([[self.BEGIN], [3]], dtype=torch.int64),) + step.zero_state(2)
         names = [s["name"] for s in self.state_spec()]
         return ExportSpec(
-            module=step, example_inputs=example,
+            module=step,
+            example_inputs=example,
             input_names=["token"] + names,
             output_names=["logits"] + [f"{n}_out" for n in names],
             dynamic_axes=_dynamic_axes(self.state_spec()),
             state=self.state_spec(),
             random_inputs=lambda b, t, g: {"token": random_stream(b, t, self.P, self.K, g)},
-            sequence=lambda inputs: {"logits": self.stream_logits(inputs["token"])})
+            sequence=lambda inputs: {"logits": self.stream_logits(inputs["token"])},
+        )
 
 
-def random_stream(batch: int, steps: int, keys: int, tracks: int, gen: torch.Generator
-                  ) -> Tensor:
+def random_stream(batch: int, steps: int, keys: int, tracks: int, gen: torch.Generator) -> Tensor:
     """Valid multitrack-step streams [batch, steps]: BEGIN, then per row 0..2 ascending keys
     and END, K rows per step (the last step may be cut off)."""
     rows = []
@@ -254,13 +288,28 @@ class MultitrackStep(nn.Module):
     def zero_state(self, batch: int) -> tuple[Tensor, ...]:
         m = self.m
         KP = m.K * m.P
-        return (torch.zeros(m.L, batch, m.H), torch.zeros(m.L, batch, m.H),
-                torch.zeros(batch, m.Hd), torch.zeros(batch, m.Hd),
-                torch.zeros(batch, KP), torch.zeros(batch, KP),
-                torch.zeros(batch, 1)) + ((torch.zeros(batch, 1),) if m.beat else ())
+        return (
+            torch.zeros(m.L, batch, m.H),
+            torch.zeros(m.L, batch, m.H),
+            torch.zeros(batch, m.Hd),
+            torch.zeros(batch, m.Hd),
+            torch.zeros(batch, KP),
+            torch.zeros(batch, KP),
+            torch.zeros(batch, 1),
+        ) + ((torch.zeros(batch, 1),) if m.beat else ())
 
-    def forward(self, token: Tensor, h: Tensor, c: Tensor, dh: Tensor, dc: Tensor,
-                acc: Tensor, prev: Tensor, row: Tensor, *beat_pos: Tensor):
+    def forward(
+        self,
+        token: Tensor,
+        h: Tensor,
+        c: Tensor,
+        dh: Tensor,
+        dc: Tensor,
+        acc: Tensor,
+        prev: Tensor,
+        row: Tensor,
+        *beat_pos: Tensor,
+    ):
         m = self.m
         P, K = m.P, m.K
         tok = token[:, 0]
@@ -271,8 +320,9 @@ class MultitrackStep(nn.Module):
         for layer in range(m.L):
             w_ih = getattr(m.frame_lstm, f"weight_ih_l{layer}")
             w_hh = getattr(m.frame_lstm, f"weight_hh_l{layer}")
-            b = (getattr(m.frame_lstm, f"bias_ih_l{layer}")
-                 + getattr(m.frame_lstm, f"bias_hh_l{layer}"))
+            b = getattr(m.frame_lstm, f"bias_ih_l{layer}") + getattr(
+                m.frame_lstm, f"bias_hh_l{layer}"
+            )
             hl, cl = _lstm_cell(x, h[layer], c[layer], w_ih, w_hh, b)
             hs.append(torch.where(begin, hl, h[layer]))
             cs.append(torch.where(begin, cl, c[layer]))
@@ -281,13 +331,13 @@ class MultitrackStep(nn.Module):
         ctx = h_new[-1]
         prev_new = torch.where(begin, acc, prev)
         row_i = row[:, 0].long()
-        slot = (row_i.clamp(max=K - 1) * P + tok.clamp(max=P - 1))
+        slot = row_i.clamp(max=K - 1) * P + tok.clamp(max=P - 1)
         onehot = F.one_hot(slot, K * P).to(acc.dtype)
         is_key = (tok < P)[:, None]
-        acc_new = torch.where(begin, torch.zeros_like(acc),
-                              torch.where(is_key, acc + onehot, acc))
-        row_new = torch.where(begin, torch.zeros_like(row),
-                              torch.where(end, (row + 1).clamp(max=K), row))
+        acc_new = torch.where(begin, torch.zeros_like(acc), torch.where(is_key, acc + onehot, acc))
+        row_new = torch.where(
+            begin, torch.zeros_like(row), torch.where(end, (row + 1).clamp(max=K), row)
+        )
         h0, c0 = m._init_dec(ctx)
         dh_in = torch.where(begin, h0, dh)
         dc_in = torch.where(begin, c0, dc)
@@ -337,19 +387,24 @@ def collate(rolls: list[np.ndarray], starts: list[int] | None = None) -> dict[st
     tokens = np.full((B, T, width), -1, dtype=np.int64)
     valid = np.zeros((B, T), dtype=bool)
     for i, r in enumerate(rolls):
-        frames[i, :len(r)] = r
+        frames[i, : len(r)] = r
         for t, f in enumerate(r):
             toks = step_tokens(f, P)
-            tokens[i, t, :len(toks)] = toks
-        valid[i, :len(r)] = True
+            tokens[i, t, : len(toks)] = toks
+        valid[i, : len(r)] = True
     starts = starts or [0] * B
     phase = torch.as_tensor(starts)[:, None] + torch.arange(T)[None]
-    return {"frames": torch.from_numpy(frames), "tokens": torch.from_numpy(tokens),
-            "valid": torch.from_numpy(valid), "phase": phase}
+    return {
+        "frames": torch.from_numpy(frames),
+        "tokens": torch.from_numpy(tokens),
+        "valid": torch.from_numpy(valid),
+        "phase": phase,
+    }
 
 
-def batches(pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator,
-            train: bool) -> Iterator[dict[str, Tensor]]:
+def batches(
+    pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator, train: bool
+) -> Iterator[dict[str, Tensor]]:
     """Training: shuffled windows of `seq_len` steps (transposition is the loop's: `[data]
     augment`), each with its first step's index in its piece. Evaluation: whole pieces."""
     bs = int(cfg.get("batch_size", 16))
@@ -371,13 +426,15 @@ def batches(pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator,
         p = np.asarray(p)
         if seq_len and len(p) > seq_len:
             phase = int(rng.integers(0, seq_len))
-            windows.extend((p[max(s, 0):s + seq_len], max(s, 0))
-                           for s in range(-phase, len(p), seq_len)
-                           if len(p[max(s, 0):s + seq_len]))
+            windows.extend(
+                (p[max(s, 0) : s + seq_len], max(s, 0))
+                for s in range(-phase, len(p), seq_len)
+                if len(p[max(s, 0) : s + seq_len])
+            )
         else:
             windows.append((p, 0))
     order = rng.permutation(len(windows))
     windows = [windows[j] for j in order]
     for i in range(0, len(windows), bs):
-        chunk = windows[i:i + bs]
+        chunk = windows[i : i + bs]
         yield collate([w for w, _ in chunk], [start for _, start in chunk])

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.data import sequence_batches
+from midi_companion.models.data import sequence_batches
 
 FAMILY = "note-lstm"
 HEADS = ("pitch_logits", "step_logits", "duration_logits")
@@ -46,8 +46,9 @@ class NoteLSTM(nn.Module):
         steps_per_beat: int = 0,
     ):
         super().__init__()
-        self.model_args = dict(embed=embed, hidden=hidden, layers=layers, dropout=dropout,
-                               meter=bool(meter))
+        self.model_args = dict(
+            embed=embed, hidden=hidden, layers=layers, dropout=dropout, meter=bool(meter)
+        )
         self.beat = int(steps_per_beat) if meter else 0
         if self.beat:
             self.phase_emb = nn.Embedding(self.beat, 3 * embed)
@@ -63,12 +64,10 @@ class NoteLSTM(nn.Module):
         """notes [B, T, 3] (and their positions in the beat [B, T]) -> [B, T, 3 * embed]"""
         x = torch.cat([e(notes[..., i]) for i, e in enumerate(self.embs)], dim=-1)
         if self.beat:
-            x = x + self.phase_emb(notes[..., 1].cumsum(1) % self.beat if phase is None
-                                   else phase)
+            x = x + self.phase_emb(notes[..., 1].cumsum(1) % self.beat if phase is None else phase)
         return x
 
-    def forward(self, notes: Tensor, phase: Tensor | None = None
-                ) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, notes: Tensor, phase: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         y, _ = self.lstm(self.drop(self._embed(notes, phase)))
         y = self.drop(y)
         return tuple(head(y) for head in self.heads)  # each [B, T, n_field]
@@ -95,7 +94,7 @@ class NoteLSTM(nn.Module):
         return (*(head(y) for head in self.heads), h, c) + ((t,) if self.beat else ())
 
     def export_spec(self):
-        from models.export_spec import ExportSpec, StepModule
+        from midi_companion.models.export_spec import ExportSpec, StepModule
 
         shape = [self.layers, "B", self.hidden]
         zeros = torch.zeros(self.layers, 2, self.hidden)
@@ -122,7 +121,6 @@ class NoteLSTM(nn.Module):
             random_inputs=random_inputs,
             sequence=lambda seq: dict(zip(HEADS, self(seq["note"]))),
         )
-
 
 
 def build(family: str, rep, **model_args) -> NoteLSTM:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.data import sequence_batches
+from midi_companion.models.data import sequence_batches
 
 FAMILY = "roll-lstm"
 
@@ -59,7 +59,7 @@ class RollLSTM(nn.Module):
         return self.head(y[:, -1]), h, c
 
     def export_spec(self):
-        from models.export_spec import ExportSpec, StepModule
+        from midi_companion.models.export_spec import ExportSpec, StepModule
 
         shape = [self.layers, "B", self.hidden]
         zeros = torch.zeros(self.layers, 2, self.hidden)

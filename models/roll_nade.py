@@ -50,8 +50,9 @@ FAMILY = "roll-nade-lstm"
 PROTOCOL = "nade-step"
 
 
-def _lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
-               b: Tensor) -> tuple[Tensor, Tensor]:
+def _lstm_cell(
+    x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor
+) -> tuple[Tensor, Tensor]:
     """One LSTM step with nn.LSTM's weight layout (gates i, f, g, o)."""
     gates = x @ w_ih.t() + h @ w_hh.t() + b  # [B, 4H]
     i, f, g, o = gates.chunk(4, dim=-1)
@@ -63,24 +64,27 @@ def _lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
 class _FrameLoss:
     """The loss shared by the single model and the ensemble: masked token logits -> NLL."""
 
-    def token_logits(self, frames: Tensor, tokens: Tensor, valid: Tensor
-                     ) -> tuple[Tensor, Tensor, Tensor]:
+    def token_logits(
+        self, frames: Tensor, tokens: Tensor, valid: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """raw_token_logits with the ascending-keys mask applied (the model's distribution)."""
         logits, targets, inputs = self.raw_token_logits(frames, tokens, valid)
         return mask_logits(logits, inputs), targets, inputs
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(summed NLL in nats over scored frames, number of scored frames)."""
-        logits, targets, _ = self.token_logits(batch["frames"], batch["tokens"],
-                                               batch["valid"])
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                              ignore_index=-1, reduction="sum")
+        logits, targets, _ = self.token_logits(batch["frames"], batch["tokens"], batch["valid"])
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=-1,
+            reduction="sum",
+        )
         return nll, torch.tensor(float(targets.shape[0]))
 
     def per_frame_nll(self, batch: dict[str, Tensor]) -> Tensor:
         """NLL of each scored frame [F] (for ensembles: average probabilities, not NLLs)."""
-        logits, targets, _ = self.token_logits(batch["frames"], batch["tokens"],
-                                               batch["valid"])
+        logits, targets, _ = self.token_logits(batch["frames"], batch["tokens"], batch["valid"])
         lp = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
         return -torch.where(targets >= 0, lp, torch.zeros_like(lp)).sum(1)
 
@@ -89,14 +93,30 @@ class RollNade(_FrameLoss, nn.Module):
     family = FAMILY
     protocol = PROTOCOL
 
-    def __init__(self, keys: int = 88, hidden: int = 256, layers: int = 2,
-                 dec_hidden: int = 128, dec_embed: int = 64, dropout: float = 0.3,
-                 local_kernel: int = 0, local_channels: int = 16, learn_init: bool = True):
+    def __init__(
+        self,
+        keys: int = 88,
+        hidden: int = 256,
+        layers: int = 2,
+        dec_hidden: int = 128,
+        dec_embed: int = 64,
+        dropout: float = 0.3,
+        local_kernel: int = 0,
+        local_channels: int = 16,
+        learn_init: bool = True,
+    ):
         super().__init__()
-        self.model_args = dict(keys=keys, hidden=hidden, layers=layers, dec_hidden=dec_hidden,
-                               dec_embed=dec_embed, dropout=dropout,
-                               local_kernel=local_kernel, local_channels=local_channels,
-                               learn_init=bool(learn_init))
+        self.model_args = dict(
+            keys=keys,
+            hidden=hidden,
+            layers=layers,
+            dec_hidden=dec_hidden,
+            dec_embed=dec_embed,
+            dropout=dropout,
+            local_kernel=local_kernel,
+            local_channels=local_channels,
+            learn_init=bool(learn_init),
+        )
         self.P, self.H, self.L, self.Hd = keys, hidden, layers, dec_hidden
         self.learn_init = bool(learn_init)
         if self.learn_init:  # the frame LSTM's initial state (h, c) per layer; zeros at first
@@ -104,8 +124,9 @@ class RollNade(_FrameLoss, nn.Module):
             # they stay named initializers of the ONNX file (export/recover_checkpoint.py)
             self.init_h = nn.Parameter(torch.zeros(layers, 1, hidden))
             self.init_c = nn.Parameter(torch.zeros(layers, 1, hidden))
-        self.frame_lstm = nn.LSTM(keys, hidden, layers, batch_first=True,
-                                  dropout=dropout if layers > 1 else 0.0)
+        self.frame_lstm = nn.LSTM(
+            keys, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+        )
         self.drop = nn.Dropout(dropout)
         self.embed = nn.Embedding(keys + 1, dec_embed)
         self.ctx_in = nn.Linear(hidden, dec_embed)
@@ -120,8 +141,10 @@ class RollNade(_FrameLoss, nn.Module):
             pad = local_kernel // 2
             if local_channels:
                 self.local = nn.Sequential(
-                    nn.Conv1d(2, local_channels, local_kernel, padding=pad), nn.Tanh(),
-                    nn.Conv1d(local_channels, 1, 1))
+                    nn.Conv1d(2, local_channels, local_kernel, padding=pad),
+                    nn.Tanh(),
+                    nn.Conv1d(local_channels, 1, 1),
+                )
             else:  # linear: a learned bias per interval to each held and emitted key
                 self.local = nn.Conv1d(2, 1, local_kernel, padding=pad)
 
@@ -131,14 +154,19 @@ class RollNade(_FrameLoss, nn.Module):
         without `learn_init`."""
         if not self.learn_init:
             return None
-        return (self.init_h.expand(-1, batch, -1).contiguous(),
-                self.init_c.expand(-1, batch, -1).contiguous())
+        return (
+            self.init_h.expand(-1, batch, -1).contiguous(),
+            self.init_c.expand(-1, batch, -1).contiguous(),
+        )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint from before `learn_init` (no offsets in its weights, no key in its
         # model_args, so built here with the default) loads as the model it was: zero state.
-        if self.learn_init and prefix + "init_h" not in state_dict \
-                and prefix + "frame_lstm.weight_ih_l0" in state_dict:
+        if (
+            self.learn_init
+            and prefix + "init_h" not in state_dict
+            and prefix + "frame_lstm.weight_ih_l0" in state_dict
+        ):
             del self.init_h, self.init_c
             self.learn_init = False
             self.model_args["learn_init"] = False
@@ -158,8 +186,9 @@ class RollNade(_FrameLoss, nn.Module):
         return h0.contiguous(), c0.contiguous()
 
     # ---- training: teacher-forced over whole frames -----------------------------------
-    def raw_token_logits(self, frames: Tensor, tokens: Tensor, valid: Tensor
-                         ) -> tuple[Tensor, Tensor, Tensor]:
+    def raw_token_logits(
+        self, frames: Tensor, tokens: Tensor, valid: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Teacher-forced logits for the scored frames, before the mask.
 
         frames [B, T, P] float; tokens [B, T, N+1] int64: frame t's key indices ascending
@@ -190,8 +219,12 @@ class RollNade(_FrameLoss, nn.Module):
         # keys read before position s+1: acc[s] = multi-hot of inputs[1..s]
         onehot = F.one_hot(inputs, P + 1)[..., :P].to(ctx.dtype)  # END adds no key
         acc = onehot.cumsum(1)  # [F, S, P]
-        logits = self._logits(d.reshape(Fn * S, -1), ctx.repeat_interleave(S, 0),
-                              prev.repeat_interleave(S, 0), acc.reshape(Fn * S, P))
+        logits = self._logits(
+            d.reshape(Fn * S, -1),
+            ctx.repeat_interleave(S, 0),
+            prev.repeat_interleave(S, 0),
+            acc.reshape(Fn * S, P),
+        )
         return logits.view(Fn, S, P + 1)
 
     def stream_logits(self, tokens: Tensor) -> Tensor:
@@ -207,7 +240,7 @@ class RollNade(_FrameLoss, nn.Module):
             if not starts or starts[0] != 0:
                 raise ValueError("a nade-step stream starts with END")
             bounds = starts + [T]
-            segs = [row[a + 1:e] for a, e in zip(bounds[:-1], bounds[1:])]  # keys
+            segs = [row[a + 1 : e] for a, e in zip(bounds[:-1], bounds[1:])]  # keys
             frames = torch.zeros(len(segs), P)
             for j, keys in enumerate(segs):
                 frames[j, keys] = 1
@@ -216,20 +249,22 @@ class RollNade(_FrameLoss, nn.Module):
             width = max(len(k) for k in segs) + 1
             inputs = torch.full((len(segs), width), P, dtype=torch.int64)
             for j, keys in enumerate(segs):
-                inputs[j, 1:len(keys) + 1] = keys
+                inputs[j, 1 : len(keys) + 1] = keys
             logits = self._decode(ctx[0], prevs, inputs)
             for j, (a, keys) in enumerate(zip(bounds[:-1], segs)):
-                out[b, a:a + len(keys) + 1] = logits[j, :len(keys) + 1]
+                out[b, a : a + len(keys) + 1] = logits[j, : len(keys) + 1]
         return out
 
     # ---- export -------------------------------------------------------------------------
     def state_spec(self) -> list[dict]:
-        return [{"name": "h", "shape": [self.L, "B", self.H]},
-                {"name": "c", "shape": [self.L, "B", self.H]},
-                {"name": "dh", "shape": ["B", self.Hd]},
-                {"name": "dc", "shape": ["B", self.Hd]},
-                {"name": "acc", "shape": ["B", self.P]},
-                {"name": "prev", "shape": ["B", self.P]}]
+        return [
+            {"name": "h", "shape": [self.L, "B", self.H]},
+            {"name": "c", "shape": [self.L, "B", self.H]},
+            {"name": "dh", "shape": ["B", self.Hd]},
+            {"name": "dc", "shape": ["B", self.Hd]},
+            {"name": "acc", "shape": ["B", self.P]},
+            {"name": "prev", "shape": ["B", self.P]},
+        ]
 
     def export_spec(self):
         return _export_spec(self, NadeStep(self))
@@ -277,12 +312,18 @@ class NadeStep(nn.Module):
 
     def zero_state(self, batch: int) -> tuple[Tensor, ...]:
         m = self.m
-        return (torch.zeros(m.L, batch, m.H), torch.zeros(m.L, batch, m.H),
-                torch.zeros(batch, m.Hd), torch.zeros(batch, m.Hd),
-                torch.zeros(batch, m.P), torch.zeros(batch, m.P))
+        return (
+            torch.zeros(m.L, batch, m.H),
+            torch.zeros(m.L, batch, m.H),
+            torch.zeros(batch, m.Hd),
+            torch.zeros(batch, m.Hd),
+            torch.zeros(batch, m.P),
+            torch.zeros(batch, m.P),
+        )
 
-    def forward(self, token: Tensor, h: Tensor, c: Tensor, dh: Tensor, dc: Tensor,
-                acc: Tensor, prev: Tensor):
+    def forward(
+        self, token: Tensor, h: Tensor, c: Tensor, dh: Tensor, dc: Tensor, acc: Tensor, prev: Tensor
+    ):
         m = self.m
         tok = token[:, 0]  # [B]
         end = (tok == m.P)[:, None]  # [B, 1]
@@ -294,8 +335,9 @@ class NadeStep(nn.Module):
         for layer in range(m.L):
             w_ih = getattr(m.frame_lstm, f"weight_ih_l{layer}")
             w_hh = getattr(m.frame_lstm, f"weight_hh_l{layer}")
-            b = (getattr(m.frame_lstm, f"bias_ih_l{layer}")
-                 + getattr(m.frame_lstm, f"bias_hh_l{layer}"))
+            b = getattr(m.frame_lstm, f"bias_ih_l{layer}") + getattr(
+                m.frame_lstm, f"bias_hh_l{layer}"
+            )
             hl, cl = _lstm_cell(x, h_abs[layer], c_abs[layer], w_ih, w_hh, b)
             hs.append(torch.where(end, hl, h_abs[layer]))
             cs.append(torch.where(end, cl, c_abs[layer]))
@@ -306,7 +348,7 @@ class NadeStep(nn.Module):
             h_new = torch.where(end, h_new - m.init_h, h)
             c_new = torch.where(end, c_new - m.init_c, c)
         prev_new = torch.where(end, acc, prev)
-        onehot = F.one_hot(tok, m.P + 1)[:, :m.P].to(acc.dtype)
+        onehot = F.one_hot(tok, m.P + 1)[:, : m.P].to(acc.dtype)
         acc_new = torch.where(end, torch.zeros_like(acc), acc + onehot)
         h0, c0 = m._init_dec(ctx)
         dh_in = torch.where(end, h0, dh)
@@ -320,18 +362,20 @@ class NadeStep(nn.Module):
 def _export_spec(model, step: nn.Module):
     """The nade-step graph of `model` (single or ensemble): one token in, logits and the
     state tensors out; parity against the model's full-sequence `stream_logits`."""
-    from models.export_spec import ExportSpec
+    from midi_companion.models.export_spec import ExportSpec
 
     example = (torch.tensor([[model.P], [3]], dtype=torch.int64),) + step.zero_state(2)
     names = [s["name"] for s in model.state_spec()]
     return ExportSpec(
-        module=step, example_inputs=example,
+        module=step,
+        example_inputs=example,
         input_names=["token"] + names,
         output_names=["logits"] + [f"{n}_out" for n in names],
         dynamic_axes=_dynamic_axes(model.state_spec()),
         state=model.state_spec(),
         random_inputs=lambda b, t, g: {"token": random_stream(b, t, model.P, g)},
-        sequence=lambda inputs: {"logits": model.stream_logits(inputs["token"])})
+        sequence=lambda inputs: {"logits": model.stream_logits(inputs["token"])},
+    )
 
 
 def _mix(logits: list[Tensor]) -> Tensor:
@@ -368,8 +412,11 @@ class RollNadeEnsemble(_FrameLoss, nn.Module):
         return _mix([m.stream_logits(tokens) for m in self.members])
 
     def state_spec(self) -> list[dict]:
-        return [{"name": f"{s['name']}_{i}", "shape": s["shape"]}
-                for i, m in enumerate(self.members) for s in m.state_spec()]
+        return [
+            {"name": f"{s['name']}_{i}", "shape": s["shape"]}
+            for i, m in enumerate(self.members)
+            for s in m.state_spec()
+        ]
 
     def export_spec(self):
         return _export_spec(self, EnsembleStep(self))
@@ -387,7 +434,7 @@ class EnsembleStep(nn.Module):
         logits, new, i = [], [], 0
         for s in self.steps:
             n = len(s.m.state_spec())
-            out = s(token, *state[i:i + n])
+            out = s(token, *state[i : i + n])
             logits.append(out[0])
             new.extend(out[1:])
             i += n
@@ -412,8 +459,7 @@ def ensemble(rep, checkpoints: list[dict]) -> RollNadeEnsemble:
     for ck in checkpoints:
         if ck["family"] != FAMILY or ck["representation"] != checkpoints[0]["representation"]:
             raise ValueError(f"an ensemble needs {FAMILY} members over one representation")
-    model = build(FAMILY, rep, members=[{**ck["model_args"], "dropout": 0.0}
-                                        for ck in checkpoints])
+    model = build(FAMILY, rep, members=[{**ck["model_args"], "dropout": 0.0} for ck in checkpoints])
     for member, ck in zip(model.members, checkpoints):
         member.load_state_dict(ck["state_dict"])
     return model.eval()
@@ -450,15 +496,19 @@ def collate(rolls: list[np.ndarray]) -> dict[str, Tensor]:
     tokens = np.full((B, T, width), -1, dtype=np.int64)
     valid = np.zeros((B, T), dtype=bool)
     for i, r in enumerate(rolls):
-        frames[i, :len(r)] = r
-        tokens[i, :len(r)] = frame_tokens(r, width)
-        valid[i, 1:len(r)] = True
-    return {"frames": torch.from_numpy(frames), "tokens": torch.from_numpy(tokens),
-            "valid": torch.from_numpy(valid)}
+        frames[i, : len(r)] = r
+        tokens[i, : len(r)] = frame_tokens(r, width)
+        valid[i, 1 : len(r)] = True
+    return {
+        "frames": torch.from_numpy(frames),
+        "tokens": torch.from_numpy(tokens),
+        "valid": torch.from_numpy(valid),
+    }
 
 
-def batches(pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator,
-            train: bool) -> Iterator[dict[str, Tensor]]:
+def batches(
+    pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator, train: bool
+) -> Iterator[dict[str, Tensor]]:
     """Training: shuffled windows of `seq_len` frames (whole pieces when 0); transposition
     is the loop's (`[data] augment`). Evaluation: whole pieces (the metric needs each
     piece's full context), by length."""
@@ -483,7 +533,7 @@ def batches(pieces: list[np.ndarray], rep, cfg: dict, rng: np.random.Generator,
             # random phase so window boundaries move from epoch to epoch
             phase = int(rng.integers(0, seq_len))
             for s in range(-phase, len(p), seq_len):
-                w = p[max(s, 0):s + seq_len]
+                w = p[max(s, 0) : s + seq_len]
                 if len(w) > 1:
                     windows.append(w)
         else:
@@ -499,6 +549,6 @@ def _buckets(windows: list, bs: int, rng: np.random.Generator) -> list[list]:
     run = 8 * bs
     out = []
     for i in range(0, len(order), run):
-        chunk = sorted(order[i:i + run], key=lambda j: len(windows[j]))
-        out.extend([windows[j] for j in chunk[k:k + bs]] for k in range(0, len(chunk), bs))
+        chunk = sorted(order[i : i + run], key=lambda j: len(windows[j]))
+        out.extend([windows[j] for j in chunk[k : k + bs]] for k in range(0, len(chunk), bs))
     return [out[i] for i in rng.permutation(len(out))]

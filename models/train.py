@@ -48,9 +48,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from companion.errors import ConfigError, RepresentationError
-from models import FAMILY_MODULES, data
-from models.checkpoint import CHECKPOINT_FORMAT
+from midi_companion.errors import ConfigError, RepresentationError
+from midi_companion.models import FAMILY_MODULES, data
+from midi_companion.models.checkpoint import CHECKPOINT_FORMAT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -127,7 +127,7 @@ def check_config(raw: dict, path: Path) -> dict:
         raise fail("model", "family", f"must be one of {sorted(FAMILY_MODULES)}", family)
     if "dropout" in cfg["model"]:
         raise fail("model", "dropout", "belongs in [train]")
-    from companion.representations import REGISTRY
+    from midi_companion.representations import REGISTRY
 
     name = cfg["representation"].get("name")
     if name not in REGISTRY:
@@ -188,15 +188,23 @@ def check_config(raw: dict, path: Path) -> dict:
     if tr["seeds"] is not None:
         seeds = tr["seeds"]
         members = [_member(x) for x in seeds]
-        if (len(seeds) < 2 or None in members
-                or len({repr(m) for m in members}) != len(members)):
-            raise fail("train", "seeds", "must be a list of at least 2 distinct members, each "
-                       "a seed (an integer) or {seed = N, model = {key = value, ...}}", seeds)
+        if len(seeds) < 2 or None in members or len({repr(m) for m in members}) != len(members):
+            raise fail(
+                "train",
+                "seeds",
+                "must be a list of at least 2 distinct members, each "
+                "a seed (an integer) or {seed = N, model = {key = value, ...}}",
+                seeds,
+            )
         for m in members:
             bad = [k for k, _ in m[1] if k == "family" or k not in cfg["model"]]
             if bad:
-                raise fail("train", "seeds", f"a member may only change keys that [model] "
-                           f"sets, family excepted (received {bad[0]!r})")
+                raise fail(
+                    "train",
+                    "seeds",
+                    f"a member may only change keys that [model] "
+                    f"sets, family excepted (received {bad[0]!r})",
+                )
         if not hasattr(import_module(FAMILY_MODULES[family]), "ensemble"):
             raise fail("train", "seeds", f"needs a family that ensembles; {family} does not")
     if tr["out"] is None:
@@ -209,9 +217,13 @@ def _member(entry) -> tuple | None:
     when `entry` is neither an integer seed nor {seed = N, model = {...}}."""
     if isinstance(entry, int) and not isinstance(entry, bool):
         return (entry, ())
-    if (isinstance(entry, dict) and set(entry) <= {"seed", "model"}
-            and isinstance(entry.get("seed"), int) and not isinstance(entry["seed"], bool)
-            and isinstance(entry.get("model", {}), dict)):
+    if (
+        isinstance(entry, dict)
+        and set(entry) <= {"seed", "model"}
+        and isinstance(entry.get("seed"), int)
+        and not isinstance(entry["seed"], bool)
+        and isinstance(entry.get("model", {}), dict)
+    ):
         return (entry["seed"], tuple(sorted(entry.get("model", {}).items())))
     return None
 
@@ -223,7 +235,7 @@ def _member_dir(entry) -> str:
 
 
 def make_representation(cfg: dict, path: Path):
-    from companion.representations import REGISTRY
+    from midi_companion.representations import REGISTRY
 
     params = {k: v for k, v in cfg["representation"].items() if k != "name"}
     name = cfg["representation"]["name"]
@@ -272,8 +284,9 @@ def unit_of(model: nn.Module, rep) -> str:
 
 
 @torch.no_grad()
-def evaluate(model, module, pieces, rep, tr, device, rank=0, world=1,
-             terms: dict | None = None) -> tuple[float, int]:
+def evaluate(
+    model, module, pieces, rep, tr, device, rank=0, world=1, terms: dict | None = None
+) -> tuple[float, int]:
     """(mean NLL in nats per unit, units) over whole pieces, shared among the ranks; the
     means of the model's `extra_metrics` (if it has them) go into `terms`."""
     was = model.training
@@ -289,12 +302,14 @@ def evaluate(model, module, pieces, rep, tr, device, rank=0, world=1,
         dist.all_reduce(total)
     if extra is not None and terms is not None:
         got = extra()
-        sums = torch.tensor([x for pair in got.values() for x in pair], dtype=torch.float64,
-                            device=device)
+        sums = torch.tensor(
+            [x for pair in got.values() for x in pair], dtype=torch.float64, device=device
+        )
         if world > 1:
             dist.all_reduce(sums)
-        terms.update({k: s / c if c else float("nan")
-                      for k, (s, c) in zip(got, sums.view(-1, 2).tolist())})
+        terms.update(
+            {k: s / c if c else float("nan") for k, (s, c) in zip(got, sums.view(-1, 2).tolist())}
+        )
     model.train(was)
     nll, n = total.tolist()
     return (nll / n if n else float("nan")), int(n)
@@ -324,11 +339,17 @@ def train(
     resume: bool = False,
     device: str | None = None,
     progress: bool = True,
+    max_minutes: float | None = None,
 ) -> dict:
-    """Run a config; return the best checkpoint's dict (rank 0) or {} (other ranks)."""
+    """Run a config; return the best checkpoint's dict (rank 0) or {} (other ranks).
+    `max_minutes` overrides `[train] max_minutes` (recorded so in the checkpoint's config)."""
     config_path = Path(config_path)
     cfg = load_config(config_path)
     tr = cfg["train"]
+    if max_minutes is not None:
+        if not max_minutes > 0:
+            raise ConfigError(f"--max-minutes: expected a number of minutes > 0, got {max_minutes}")
+        tr["max_minutes"] = float(max_minutes)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -360,8 +381,10 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
     try:  # before any training: a run must not fail at its first checkpoint
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"{config_path}: [train] out = {str(out)!r}: cannot create that "
-                          f"folder ({err.strerror or err})") from err
+        raise ConfigError(
+            f"{config_path}: [train] out = {str(out)!r}: cannot create that "
+            f"folder ({err.strerror or err})"
+        ) from err
     state = None
     if resume:
         if not last_path.is_file():
@@ -382,7 +405,7 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
             lo, hi = shifts
             rep.fit([s.transposed(k) for s in corpus.scores["train"] for k in range(lo, hi + 1)])
     else:
-        from companion.representations import from_dict
+        from midi_companion.representations import from_dict
 
         rep = from_dict(state["representation"])
     torch.manual_seed(tr["seed"])
@@ -577,8 +600,9 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
     if best_state is not None:
         model.load_state_dict(best_state)
     test_terms: dict = {}
-    t, n_test = (evaluate(model, module, test, rep, tr, dev, rank, world, test_terms)
-                 if test else (None, 0))
+    t, n_test = (
+        evaluate(model, module, test, rep, tr, dev, rank, world, test_terms) if test else (None, 0)
+    )
     metrics = {
         "valid_nll": run["best_valid"],
         "test_nll": t,
@@ -602,8 +626,11 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
     ck = checkpoint(metrics, False)
     save(ck, best_path)
     if progress:
-        test_txt = "no test split" if t is None else f"test {t:.4f}" + "".join(
-            f" {k} {x:.4f}" for k, x in test_terms.items())
+        test_txt = (
+            "no test split"
+            if t is None
+            else f"test {t:.4f}" + "".join(f" {k} {x:.4f}" for k, x in test_terms.items())
+        )
         print(
             f"best valid {run['best_valid']:.4f} nats/{unit} (step {run['best_step']}), "
             f"{test_txt}; {run['step']} steps in {run['seconds'] / 60:.1f} min, "
@@ -615,7 +642,7 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
 
 def _ensemble(cfg, config_path, resume, dev, rank, world, progress) -> dict:
     """Train a member per seed, then combine, evaluate and save the ensemble as best.pt."""
-    from models.checkpoint import load_checkpoint
+    from midi_companion.models.checkpoint import load_checkpoint
 
     tr = cfg["train"]
     out = Path(tr["out"])
@@ -627,8 +654,9 @@ def _ensemble(cfg, config_path, resume, dev, rank, world, progress) -> dict:
         member["model"].update(dict(changes))
         member["train"].update(seed=seed, seeds=None, out=str(where))
         best, last = where / "best.pt", where / "last.pt"
-        finished = best.is_file() and (not last.is_file()
-                                       or best.stat().st_mtime >= last.stat().st_mtime)
+        finished = best.is_file() and (
+            not last.is_file() or best.stat().st_mtime >= last.stat().st_mtime
+        )
         if not (resume and finished):
             if progress:
                 print(f"ensemble member {_member_dir(entry)} -> {best}", flush=True)
@@ -639,13 +667,16 @@ def _ensemble(cfg, config_path, resume, dev, rank, world, progress) -> dict:
     t0 = time.perf_counter()
     members = [load_checkpoint(p) for p in paths]
     module = import_module(FAMILY_MODULES[cfg["model"]["family"]])
-    from companion.representations import from_dict
+    from midi_companion.representations import from_dict
 
     rep = from_dict(members[0]["representation"])
     model = module.ensemble(rep, members).to(dev)
     corpus = data.load_data(cfg["data"], progress=False)
-    metrics = {"unit": members[0]["metrics"]["unit"], "best_step": None,
-               "members": [{"seed": s, **m["metrics"]} for s, m in zip(tr["seeds"], members)]}
+    metrics = {
+        "unit": members[0]["metrics"]["unit"],
+        "best_step": None,
+        "members": [{"seed": s, **m["metrics"]} for s, m in zip(tr["seeds"], members)],
+    }
     for split in ("valid", "test"):
         pieces = data.encode(corpus.scores[split], rep)
         nll, n = evaluate(model, module, pieces, rep, tr, dev) if pieces else (None, 0)
@@ -661,17 +692,25 @@ def _ensemble(cfg, config_path, resume, dev, rank, world, progress) -> dict:
         "config": cfg,
         "corpus": members[0]["corpus"],
         "metrics": metrics,
-        "train": {"step": sum(m["train"]["step"] for m in members), "seconds": round(seconds, 1),
-                  "members": len(members), "world_size": world, "device": dev.type},
+        "train": {
+            "step": sum(m["train"]["step"] for m in members),
+            "seconds": round(seconds, 1),
+            "members": len(members),
+            "world_size": world,
+            "device": dev.type,
+        },
     }
     tmp = out / "best.tmp"  # `out` holds the members' folders: it exists
     torch.save(ck, tmp)
     os.replace(tmp, out / "best.pt")
     if progress:
-        print(f"ensemble of {len(members)}: valid {metrics['valid_nll']:.4f} test "
-              f"{metrics['test_nll']:.4f} nats/{metrics['unit']} (members' test "
-              f"{[round(m['metrics']['test_nll'], 4) for m in members]}); wrote "
-              f"{out / 'best.pt'}", flush=True)
+        print(
+            f"ensemble of {len(members)}: valid {metrics['valid_nll']:.4f} test "
+            f"{metrics['test_nll']:.4f} nats/{metrics['unit']} (members' test "
+            f"{[round(m['metrics']['test_nll'], 4) for m in members]}); wrote "
+            f"{out / 'best.pt'}",
+            flush=True,
+        )
     return ck
 
 
@@ -689,12 +728,12 @@ def _cpu(sd: dict) -> dict:
 
 
 def main(args) -> int:
-    """`companion train` (args: config, resume, device)."""
-    train(args.config, resume=args.resume, device=args.device)
+    """`companion train` (args: config, resume, device, max_minutes)."""
+    train(args.config, resume=args.resume, device=args.device, max_minutes=args.max_minutes)
     return 0
 
 
 if __name__ == "__main__":  # torchrun --standalone --nproc_per_node=2 -m models.train CFG
-    from companion.cli import main as cli_main
+    from midi_companion.cli import main as cli_main
 
     sys.exit(cli_main(["train", *sys.argv[1:]]))

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.data import sequence_batches
-from models.lstm import TokenModel
+from midi_companion.models.data import sequence_batches
+from midi_companion.models.lstm import TokenModel
 
 FAMILY = "transformer"
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import settings
 from jack_server import jack_server  # noqa: F401  (one private JACK server per session)
 
-from companion import benchmarks
-from companion.errors import DataError
+from midi_companion import benchmarks
+from midi_companion.errors import DataError
 
 # No deadline: timings on a busy shared machine are noise, not failures.
 settings.register_profile("companion", deadline=None, max_examples=50)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from companion.errors import CompanionError
-from companion.jack_harness import JackServer as _Jackd
+from midi_companion.errors import CompanionError
+from midi_companion.jack_harness import JackServer as _Jackd
 
 
 @dataclass

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from hypothesis import strategies as st
 
-from companion.score import Note, Score, Track
+from midi_companion.score import Note, Score, Track
 
 
 @st.composite

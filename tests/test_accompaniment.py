@@ -6,12 +6,12 @@ from dataclasses import replace
 
 import pytest
 
-from companion import presets
-from companion.clock import InternalClock
-from companion.offline import VirtualTime, next_time, perform
-from companion.performer import Performer
-from companion.scheduler import Scheduler
-from companion.score import Note, Score
+from midi_companion import presets
+from midi_companion.clock import InternalClock
+from midi_companion.offline import VirtualTime, next_time, perform
+from midi_companion.performer import Performer
+from midi_companion.scheduler import Scheduler
+from midi_companion.score import Note, Score
 
 TICK_NS = 2_000_000
 SOPRANO = [67, 69, 71, 72, 74, 72, 71, 69, 67, 66, 67]
@@ -19,7 +19,8 @@ SOPRANO = [67, 69, 71, 72, 74, 72, 71, 69, 67, 66, 67]
 pytestmark = pytest.mark.skipif(
     not (presets.zoo_dir() / "chorale.onnx").is_file()
     or not (presets.zoo_dir() / "folk.onnx").is_file(),
-    reason="the shipped models are not in models/zoo")
+    reason="the shipped models are not in models/zoo",
+)
 
 
 class Stage:
@@ -30,18 +31,22 @@ class Stage:
         self.clock = InternalClock(bpm=preset.timing.bpm, beats_per_bar=4, now_ns=self.now)
         self.clock.start(at_ns=0)
         self.sent: list[tuple[int, tuple[int, ...]]] = []
-        self.scheduler = Scheduler(lambda m: self.sent.append((self.now.ns, tuple(m))),
-                                   now_ns=self.now, tolerance_ns=tolerance_ns)
-        self.performer = Performer(preset, self.scheduler, self.clock, seed=seed,
-                                   provider="cpu")
+        self.scheduler = Scheduler(
+            lambda m: self.sent.append((self.now.ns, tuple(m))),
+            now_ns=self.now,
+            tolerance_ns=tolerance_ns,
+        )
+        self.performer = Performer(preset, self.scheduler, self.clock, seed=seed, provider="cpu")
         self.inputs: list[tuple[int, tuple[int, ...]]] = []
 
     def at(self, beat: float) -> int:
         return self.clock.time_at(beat)
 
     def note(self, onset: float, pitch: int, length: float) -> None:
-        self.inputs += [(self.at(onset), (0x90, pitch, 90)), (self.at(onset + length),
-                                                             (0x80, pitch, 0))]
+        self.inputs += [
+            (self.at(onset), (0x90, pitch, 90)),
+            (self.at(onset + length), (0x80, pitch, 0)),
+        ]
         self.inputs.sort(key=lambda m: (m[0], m[1][0] == 0x90))
 
     def play_until(self, beat: float) -> None:
@@ -51,12 +56,20 @@ class Stage:
                 self.performer.handle(*self.inputs.pop(0))
             self.performer.tick(self.now.ns)
             self.scheduler.run_pending(self.now.ns)
-            self.now.ns = next_time(self.now.ns, self.scheduler,
-                                     self.inputs[0][0] if self.inputs else None)
+            self.now.ns = next_time(
+                self.now.ns, self.scheduler, self.inputs[0][0] if self.inputs else None
+            )
 
     def ons(self, channels, since=0, until=None):
-        return [(t, m) for t, m in self.sent if m[0] & 0xF0 == 0x90 and m[2] > 0
-                and m[0] & 0x0F in channels and t >= since and (until is None or t < until)]
+        return [
+            (t, m)
+            for t, m in self.sent
+            if m[0] & 0xF0 == 0x90
+            and m[2] > 0
+            and m[0] & 0x0F in channels
+            and t >= since
+            and (until is None or t < until)
+        ]
 
     def finish(self) -> None:
         self.performer.stop_sound(self.now.ns)
@@ -149,17 +162,20 @@ def test_a_second_lead_note_in_the_same_step_is_harmonized_again():
     stage.play_until(4.0)
     stage.finish()
     assert _balanced(stage.sent)
-    assert stage.ons(_voices(preset), stage.at(2.02), stage.at(2.02) + TICK_NS + 1) or \
-        stage.ons(_voices(preset), stage.at(2.0), stage.at(2.0) + TICK_NS + 1)
+    assert stage.ons(_voices(preset), stage.at(2.02), stage.at(2.02) + TICK_NS + 1) or stage.ons(
+        _voices(preset), stage.at(2.0), stage.at(2.0) + TICK_NS + 1
+    )
 
 
 def test_plain_accompaniment_plays_on_the_grid_and_is_deterministic():
     preset = _preset("chorale", harmonize=False)
-    score = Score.from_notes([Note(i * 1.0, p, 1.0, 90) for i, p in enumerate(SOPRANO)],
-                             bpm=preset.timing.bpm)
+    score = Score.from_notes(
+        [Note(i * 1.0, p, 1.0, 90) for i, p in enumerate(SOPRANO)], bpm=preset.timing.bpm
+    )
     a, b = perform(preset, score, seed=3), perform(preset, score, seed=3)
-    assert [[(n.onset, n.pitch) for n in t.notes] for t in a.tracks] == \
-        [[(n.onset, n.pitch) for n in t.notes] for t in b.tracks]
+    assert [[(n.onset, n.pitch) for n in t.notes] for t in a.tracks] == [
+        [(n.onset, n.pitch) for n in t.notes] for t in b.tracks
+    ]
     generated = a.tracks[1:]
     assert [t.channel for t in generated] == sorted(_voices(preset))
     grid = preset.timing.grid
@@ -214,9 +230,11 @@ MISMATCHES = {
     # a continue preset playing the accompanist
     "continue-chorale": ('model = "chorale"\nmode = "continue"\n', "cannot continue a phrase"),
     # the chorale has three voices; this preset gives it two tracks
-    "two-tracks": ('model = "chorale"\nmode = "accompany"\n'
-                   '[[tracks]]\nname = "a"\nchannel = 2\n[[tracks]]\nname = "b"\nchannel = 3\n',
-                   "3"),
+    "two-tracks": (
+        'model = "chorale"\nmode = "accompany"\n'
+        '[[tracks]]\nname = "a"\nchannel = 2\n[[tracks]]\nname = "b"\nchannel = 3\n',
+        "3",
+    ),
 }
 
 
@@ -230,9 +248,20 @@ def test_a_model_that_does_not_fit_the_preset_is_one_line_exit_2(tmp_path, case)
     preset.write_text(text)
     Score.from_notes([Note(0.0, 67, 1.0, 90), Note(1.0, 69, 1.0, 90)]).to_midi(tmp_path / "in.mid")
     command = "accompany" if "accompany" in text else "continue"
-    r = subprocess.run([sys.executable, "-m", "companion", command, str(preset),
-                        str(tmp_path / "in.mid"), "-o", str(tmp_path / "out.mid")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "midi_companion",
+            command,
+            str(preset),
+            str(tmp_path / "in.mid"),
+            "-o",
+            str(tmp_path / "out.mid"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert fragment in r.stderr and "onnx" in r.stderr, r.stderr

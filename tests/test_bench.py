@@ -10,16 +10,26 @@ from pathlib import Path
 
 import pytest
 
-from companion import bench_measure, bench_report, cli
+from midi_companion import bench_measure, bench_report, cli
 
 SHIPPED = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.json"
 
 
 def fake_engine(path, steps, provider="auto"):
     ms = {"n": steps, "p50": 0.1, "p99": 0.2, "max": 0.3, "mean": 0.1}
-    return {"model": path.stem, "family": "lstm", "protocol": "token-step", "parameters": 7,
-            "steps": steps, "bpm": 120.0, "ort_ms": ms, "torch_ms": None, "beats": 100.0,
-            "seconds": 0.5, "real_time_factor": 400.0}
+    return {
+        "model": path.stem,
+        "family": "lstm",
+        "protocol": "token-step",
+        "parameters": 7,
+        "steps": steps,
+        "bpm": 120.0,
+        "ort_ms": ms,
+        "torch_ms": None,
+        "beats": 100.0,
+        "seconds": 0.5,
+        "real_time_factor": 400.0,
+    }
 
 
 @pytest.fixture
@@ -29,7 +39,7 @@ def no_jack(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a JACK server was started")
 
-    monkeypatch.setattr("companion.bench.JackServer", refuse)
+    monkeypatch.setattr("midi_companion.bench.JackServer", refuse)
     monkeypatch.setattr(bench_measure, "measure_engine", fake_engine)
 
 
@@ -37,24 +47,43 @@ def bench(tmp_path, *args) -> int:
     zoo = tmp_path / "zoo"
     zoo.mkdir(exist_ok=True)
     (zoo / "tiny.onnx").write_bytes(b"")  # measured by fake_engine only
-    return cli.main(["bench", "--smoke", "--zoo", str(zoo), "--markdown",
-                     str(tmp_path / "BENCHMARKS.md"), "--json", str(tmp_path / "bench.json"),
-                     *args])
+    return cli.main(
+        [
+            "bench",
+            "--smoke",
+            "--zoo",
+            str(zoo),
+            "--markdown",
+            str(tmp_path / "BENCHMARKS.md"),
+            "--json",
+            str(tmp_path / "bench.json"),
+            *args,
+        ]
+    )
 
 
-def test_only_engine_starts_no_jack_server_and_keeps_the_rest_of_the_report(tmp_path,
-                                                                            no_jack):
+def test_only_engine_starts_no_jack_server_and_keeps_the_rest_of_the_report(tmp_path, no_jack):
     old = json.loads(SHIPPED.read_text(encoding="utf-8"))
     old.pop("updates", None)  # the shipped report may itself have been merged into
     (tmp_path / "bench.json").write_text(json.dumps(old), encoding="utf-8")
     (tmp_path / "BENCHMARKS.md").write_text(
-        bench_report.markdown(old, "## Analysis\n\nWritten by hand.\n"), encoding="utf-8")
+        bench_report.markdown(old, "## Analysis\n\nWritten by hand.\n"), encoding="utf-8"
+    )
 
     assert bench(tmp_path, "--only", "engine") == 0
 
     new = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
-    for key in ("floor", "harmonize", "timing_continue", "session", "startup", "jack", "date",
-                "machine", "presets"):
+    for key in (
+        "floor",
+        "harmonize",
+        "timing_continue",
+        "session",
+        "startup",
+        "jack",
+        "date",
+        "machine",
+        "presets",
+    ):
         assert new.get(key) == old.get(key), key
     assert [e["model"] for e in new["engine"]] == ["tiny"] and new["zoo"] == ["tiny.onnx"]
     assert [u["sections"] for u in new["updates"]] == [["engine"]]
@@ -90,13 +119,19 @@ def test_a_section_skipped_now_drops_its_old_numbers_and_old_reasons_of_measured
     old = json.loads(SHIPPED.read_text(encoding="utf-8"))
     old["skipped"] = {"harmonize": "no chorale model then"}
     new = {k: old[k] for k in ("mode", "date", "machine", "zoo", "presets")}
-    new.update(provider="auto", skipped={"session": "no chorale model"}, jack=old["jack"],
-               harmonize=old["harmonize"])
+    new.update(
+        provider="auto",
+        skipped={"session": "no chorale model"},
+        jack=old["jack"],
+        harmonize=old["harmonize"],
+    )
     merged = bench_report.merge(old, new, {"harmonize", "session"})
     assert "session" not in merged and merged["harmonize"] == old["harmonize"]
     assert merged["skipped"] == {"session": "no chorale model"}
     assert merged["floor"] == old["floor"] and merged["updates"][-1]["sections"] == [
-        "harmonize", "session"]
+        "harmonize",
+        "session",
+    ]
 
 
 def test_a_broken_report_is_said_before_anything_is_measured(tmp_path, no_jack, capsys):

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from companion import benchmarks
-from companion.errors import DataError
+from midi_companion import benchmarks
+from midi_companion.errors import DataError
 
 
 @pytest.mark.parametrize("name", list(benchmarks.FILES))

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from companion.clock import (
+from midi_companion.clock import (
     SONG_CONTINUE,
     SONG_START,
     SONG_STOP,

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from companion.errors import ConfigError, DataError
-from companion.score import Note, Score, Track
-from models import corpora
-from models.corpora import Piece, cache_dir, describe, load_corpus, split_pieces
+from midi_companion.errors import ConfigError, DataError
+from midi_companion.models import corpora
+from midi_companion.models.corpora import Piece, cache_dir, describe, load_corpus, split_pieces
+from midi_companion.score import Note, Score, Track
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +57,7 @@ def library(tmp_path):
 
 
 def test_folder_corpus_reads_recursively_and_reports_unreadable_files(library, caplog):
-    with caplog.at_level(logging.WARNING, logger="models.corpora"):
+    with caplog.at_level(logging.WARNING, logger="midi_companion.models.corpora"):
         pieces = load_corpus(str(library), progress=False)
     assert [p.id for p in pieces] == [
         "my songs/b/c/three.mid",
@@ -71,7 +71,7 @@ def test_folder_corpus_reads_recursively_and_reports_unreadable_files(library, c
 def test_second_load_comes_from_the_cache_and_still_reports_skips(library, monkeypatch, caplog):
     first = load_corpus(f"folder:{library}", progress=False)
     no_parsing(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="models.corpora"):
+    with caplog.at_level(logging.WARNING, logger="midi_companion.models.corpora"):
         again = load_corpus(f"folder:{library}", progress=False)
     assert again == first
     assert "skipped 1 unreadable" in caplog.text
@@ -114,7 +114,7 @@ def test_damaged_cache_is_parsed_again(library, caplog):
     first = load_corpus(str(library), progress=False)
     [npz] = cache_dir().glob("*.npz")
     npz.write_bytes(npz.read_bytes()[:100])
-    with caplog.at_level(logging.WARNING, logger="models.corpora"):
+    with caplog.at_level(logging.WARNING, logger="midi_companion.models.corpora"):
         assert load_corpus(str(library), progress=False) == first
     assert "damaged cache" in caplog.text
 
@@ -261,7 +261,7 @@ def test_music21_collection_with_limit_is_cached(monkeypatch):
 def test_cached_load_does_not_import_music21():
     load_corpus("music21:bach", progress=False, limit=1)
     code = (
-        "import sys; from models.corpora import load_corpus; "
+        "import sys; from midi_companion.models.corpora import load_corpus; "
         "assert len(load_corpus('music21:bach', progress=False, limit=1)) == 1; "
         "assert 'music21' not in sys.modules and 'torch' not in sys.modules"
     )

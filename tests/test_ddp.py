@@ -30,7 +30,7 @@ def test_two_cpu_ranks_share_work_and_agree(tmp_path):
             "--standalone",
             "--nproc_per_node=2",
             "-m",
-            "models.train",
+            "midi_companion.models.train",
             str(cfg),
             "--device",
             "cpu",

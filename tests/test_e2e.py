@@ -28,8 +28,8 @@ from pathlib import Path
 import mido
 import pytest
 
-from companion import presets
-from companion.jack_harness import (
+from midi_companion import presets
+from midi_companion.jack_harness import (
     DaemonProcess,
     Keyboard,
     Listener,
@@ -39,7 +39,7 @@ from companion.jack_harness import (
     preset_copy,
     sleep_until,
 )
-from companion.recorder import FLUSH_EVERY_S
+from midi_companion.recorder import FLUSH_EVERY_S
 
 pytestmark = pytest.mark.e2e
 
@@ -87,8 +87,12 @@ seed = 1
 
 
 def _companion(*args, cwd):
-    r = subprocess.run([sys.executable, "-m", "companion", *map(str, args)], cwd=cwd,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "midi_companion", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -175,9 +179,9 @@ def assert_on_grid(errors: list[tuple[float, int]], what: str) -> None:
     off = [(round(b, 3), round(e / MS, 1)) for b, e in errors if e > TOL]
     lines = {round(b, 2) for b, _ in errors}
     late_lines = {round(b, 2) for b, _ in off}
-    assert (len(late_lines) <= max(1, len(lines) // 20)
-            and all(e <= 4 * TOL / MS for _, e in off)), (
-        f"{what}: note-ons off the grid (beat, ms): {off} of {len(errors)}")
+    assert len(late_lines) <= max(1, len(lines) // 20) and all(e <= 4 * TOL / MS for _, e in off), (
+        f"{what}: note-ons off the grid (beat, ms): {off} of {len(errors)}"
+    )
 
 
 def released_notes(listener):
@@ -186,11 +190,16 @@ def released_notes(listener):
     notes, hanging = pair_notes(listener.heard)
     if hanging:
         t, ch, pitch, _ = hanging[0]
-        around = [(round((u - t) / MS, 1), m) for u, m in listener.heard
-                  if 0x80 <= m[0] < 0xF0 and m[0] & 0x0F == ch and abs(u - t) < 2000 * MS]
-        pytest.fail(f"note-ons without their note-off (t_on, channel, pitch, velocity): "
-                    f"{hanging}; on channel {ch + 1} around the first (ms, message): {around}"
-                    f"{jack_trouble()}")
+        around = [
+            (round((u - t) / MS, 1), m)
+            for u, m in listener.heard
+            if 0x80 <= m[0] < 0xF0 and m[0] & 0x0F == ch and abs(u - t) < 2000 * MS
+        ]
+        pytest.fail(
+            f"note-ons without their note-off (t_on, channel, pitch, velocity): "
+            f"{hanging}; on channel {ch + 1} around the first (ms, message): {around}"
+            f"{jack_trouble()}"
+        )
     return notes
 
 
@@ -209,8 +218,12 @@ def jack_trouble() -> str:
         skipped = JACK_LOG[0].read_text(errors="replace").count("Process error")
     except (IndexError, OSError):
         return ""
-    return (f" -- jackd skipped a late client {skipped} times (see {JACK_LOG[0]}): in "
-            f"asynchronous mode that loses MIDI; run jackd with -S" if skipped else "")
+    return (
+        f" -- jackd skipped a late client {skipped} times (see {JACK_LOG[0]}): in "
+        f"asynchronous mode that loses MIDI; run jackd with -S"
+        if skipped
+        else ""
+    )
 
 
 def sounding(notes, channel: int, t: int) -> bool:
@@ -223,9 +236,14 @@ def channel_notes(notes, channels):
 
 def heard_ons(listener, channels, after: int = 0, before: int | None = None):
     """Arrival times of note-ons on `channels` (None: any) in [after, before)."""
-    return [t for t, m in listener.heard
-            if is_note_on(m) and (channels is None or m[0] & 0x0F in channels) and t >= after
-            and (before is None or t < before)]
+    return [
+        t
+        for t, m in listener.heard
+        if is_note_on(m)
+        and (channels is None or m[0] & 0x0F in channels)
+        and t >= after
+        and (before is None or t < before)
+    ]
 
 
 # ---- continue -----------------------------------------------------------------------------------
@@ -258,8 +276,10 @@ def test_continue_answers_on_the_next_beat_for_its_bars_on_its_channel(tmp_path,
     # ... and lasts the configured bars: into their second half, and not past their end.
     assert ons[-1] >= daemon.time_at(response + t.bars * t.beats_per_bar / 2)
     assert max(n[1] for n in notes) <= daemon.time_at(end) + TOL
-    assert_on_grid([(daemon.beat_at(on), off_grid_ns(on, daemon.beat_at, daemon.time_at, grid))
-                    for on in ons], f"the {grid:g}-beat grid")
+    assert_on_grid(
+        [(daemon.beat_at(on), off_grid_ns(on, daemon.beat_at, daemon.time_at, grid)) for on in ons],
+        f"the {grid:g}-beat grid",
+    )
 
 
 # ---- accompany / harmonize ----------------------------------------------------------------------
@@ -271,8 +291,7 @@ def _voices(chorale_path: Path) -> list[int]:
     return [t.channel - 1 for t in presets.load(str(chorale_path)).tracks]
 
 
-def test_harmonize_sounds_every_voice_under_every_lead_note_on_the_grid(tmp_path,
-                                                                         chorale_model):
+def test_harmonize_sounds_every_voice_under_every_lead_note_on_the_grid(tmp_path, chorale_model):
     path = make_preset(tmp_path, "chorale", {"model": chorale_model})
     voices = _voices(path)
     grid = presets.load(str(path)).timing.grid
@@ -280,8 +299,10 @@ def test_harmonize_sounds_every_voice_under_every_lead_note_on_the_grid(tmp_path
         start = first_beat(daemon)
         events = []
         for i, pitch in enumerate(SOPRANO):  # eighth notes on the daemon's grid
-            events += [(daemon.time_at(start + i / 2), (0x90, pitch, 90)),
-                       (daemon.time_at(start + i / 2 + 0.45), (0x80, pitch, 0))]
+            events += [
+                (daemon.time_at(start + i / 2), (0x90, pitch, 90)),
+                (daemon.time_at(start + i / 2 + 0.45), (0x80, pitch, 0)),
+            ]
         leads = keyboard.play(events)[::2]
         sleep_until(leads[-1] + 500 * MS)
         assert daemon.stop() == 0, daemon.error_text()
@@ -292,8 +313,10 @@ def test_harmonize_sounds_every_voice_under_every_lead_note_on_the_grid(tmp_path
         assert not silent, f"lead note {i} ({SOPRANO[i]}): no voice on channel(s) {silent}"
     ons = heard_ons(listener, voices)
     assert {m[0] & 0x0F for _, m in listener.heard if is_note_on(m)} == set(voices)
-    assert_on_grid([(daemon.beat_at(t), off_grid_ns(t, daemon.beat_at, daemon.time_at, grid))
-                    for t in ons], f"accompaniment on the {grid:g}-beat grid")
+    assert_on_grid(
+        [(daemon.beat_at(t), off_grid_ns(t, daemon.beat_at, daemon.time_at, grid)) for t in ons],
+        f"accompaniment on the {grid:g}-beat grid",
+    )
 
 
 def test_harmonize_answers_each_lead_note_at_once(tmp_path, chorale_model):
@@ -306,8 +329,10 @@ def test_harmonize_answers_each_lead_note_at_once(tmp_path, chorale_model):
         start = first_beat(daemon) + 0.2 * grid
         events = []
         for i, pitch in enumerate(SOPRANO):
-            events += [(daemon.time_at(start + i / 2), (0x90, pitch, 90)),
-                       (daemon.time_at(start + i / 2 + 0.45), (0x80, pitch, 0))]
+            events += [
+                (daemon.time_at(start + i / 2), (0x90, pitch, 90)),
+                (daemon.time_at(start + i / 2 + 0.45), (0x80, pitch, 0)),
+            ]
         leads = keyboard.play(events)[::2]
         sleep_until(leads[-1] + 300 * MS)
     # All three voices may hold through a lead note (a musical choice), so not every note has
@@ -321,8 +346,9 @@ def test_harmonize_answers_each_lead_note_at_once(tmp_path, chorale_model):
 
 
 def test_jam_accompanies_then_solos_then_hands_back(tmp_path, chorale_model, folk_model):
-    path = make_preset(tmp_path, "jam", {"model": chorale_model, "solo_model": folk_model},
-                       timing={"bars": 1})
+    path = make_preset(
+        tmp_path, "jam", {"model": chorale_model, "solo_model": folk_model}, timing={"bars": 1}
+    )
     p = presets.load(str(path))
     voices, solo = [t.channel - 1 for t in p.tracks], p.solo_tracks[0].channel - 1
     t = p.timing
@@ -332,15 +358,19 @@ def test_jam_accompanies_then_solos_then_hands_back(tmp_path, chorale_model, fol
         events, last_off = phrase(daemon.time_at, start, SOPRANO[:6], t.silence_beats)
         sent = keyboard.play(events)
         phrase_end = daemon.time_at(last_off + t.silence_beats)
-        end = daemon.time_at(math.floor(last_off + t.silence_beats) + 1
-                             + t.bars * t.beats_per_bar)
-        first_solo = listener.wait_for(lambda _, m: is_note_on(m, solo),
-                                       (end - time.perf_counter_ns()) / 1e9 + 1.0)
+        end = daemon.time_at(math.floor(last_off + t.silence_beats) + 1 + t.bars * t.beats_per_bar)
+        first_solo = listener.wait_for(
+            lambda _, m: is_note_on(m, solo), (end - time.perf_counter_ns()) / 1e9 + 1.0
+        )
         assert first_solo is not None, "no solo after the player stopped"
-        resume = keyboard.play([(time.perf_counter_ns() + 20 * MS, (0x90, 67, 90)),
-                                (time.perf_counter_ns() + 300 * MS, (0x80, 67, 0)),
-                                (time.perf_counter_ns() + 320 * MS, (0x90, 69, 90)),
-                                (time.perf_counter_ns() + 600 * MS, (0x80, 69, 0))])[0]
+        resume = keyboard.play(
+            [
+                (time.perf_counter_ns() + 20 * MS, (0x90, 67, 90)),
+                (time.perf_counter_ns() + 300 * MS, (0x80, 67, 0)),
+                (time.perf_counter_ns() + 320 * MS, (0x90, 69, 90)),
+                (time.perf_counter_ns() + 600 * MS, (0x80, 69, 0)),
+            ]
+        )[0]
         sleep_until(resume + 1000 * MS)
         assert daemon.stop() == 0, daemon.error_text()
 
@@ -350,14 +380,16 @@ def test_jam_accompanies_then_solos_then_hands_back(tmp_path, chorale_model, fol
     # ... a solo when they stop, with the accompaniment released ...
     assert phrase_end - TOL <= first_solo[0] <= end + TOL
     assert not heard_ons(listener, voices, phrase_end + beat_ns, resume)
-    assert all(off <= first_solo[0] for _, off, _, _, _ in channel_notes(notes, voices)
-               if off < resume)
+    assert all(
+        off <= first_solo[0] for _, off, _, _, _ in channel_notes(notes, voices) if off < resume
+    )
     # ... and the solo yields when they play again, the accompaniment comes back.
     assert not heard_ons(listener, {solo}, resume + TOL), "the solo went on after the hand-back"
     assert all(off <= resume + RELEASE_NS for on, off, _, _, _ in channel_notes(notes, {solo}))
     for v in voices:
-        assert heard_ons(listener, {v}, resume), f"no accompaniment on channel {v + 1} after " \
-                                                 f"the hand-back"
+        assert heard_ons(listener, {v}, resume), (
+            f"no accompaniment on channel {v + 1} after the hand-back"
+        )
 
 
 # ---- following the DAW's clock ----------------------------------------------------------------
@@ -411,8 +443,11 @@ class DawClock:
 
 def released_after(notes, t: int, channels=None):
     """Notes sounding at `t` (on `channels`) as (pitch, off - t in ms)."""
-    return [(p, (off - t) / MS) for on, off, ch, p, _ in notes
-            if on <= t < off and (channels is None or ch in channels)]
+    return [
+        (p, (off - t) / MS)
+        for on, off, ch, p, _ in notes
+        if on <= t < off and (channels is None or ch in channels)
+    ]
 
 
 def test_clock_follow_answers_on_the_daws_beats_and_stop_silences(tmp_path, folk_model):
@@ -428,8 +463,11 @@ def test_clock_follow_answers_on_the_daws_beats_and_stop_silences(tmp_path, folk
             keyboard.play(events)
             phrase_end = last_off + t.silence_beats
             response = math.floor(phrase_end) + 1
-            first = listener.wait_for(lambda _, m: is_note_on(m), timeout=(
-                daw.time_at(response + t.bars * t.beats_per_bar) - time.perf_counter_ns()) / 1e9)
+            first = listener.wait_for(
+                lambda _, m: is_note_on(m),
+                timeout=(daw.time_at(response + t.bars * t.beats_per_bar) - time.perf_counter_ns())
+                / 1e9,
+            )
             assert first is not None, "the companion did not answer"
             sleep_until(first[0] + 100 * MS)
             stop = daw.stop()
@@ -440,16 +478,17 @@ def test_clock_follow_answers_on_the_daws_beats_and_stop_silences(tmp_path, folk
     notes = released_notes(listener)
     ons = [on for on, *_ in notes]
     assert daw.time_at(response) - TOL <= min(ons) <= daw.time_at(response + 1) + TOL
-    assert_on_grid([(daw.beat_at(on), off_grid_ns(on, daw.beat_at, daw.time_at, grid))
-                    for on in ons], f"the DAW's {grid:g}-beat grid")
+    assert_on_grid(
+        [(daw.beat_at(on), off_grid_ns(on, daw.beat_at, daw.time_at, grid)) for on in ons],
+        f"the DAW's {grid:g}-beat grid",
+    )
     assert not [on for on in ons if on > stop + TOL], "notes began after Stop"
     late = [r for r in released_after(notes, stop) if r[1] > RELEASE_NS / MS]
     assert not late, f"notes still sounding {RELEASE_NS / MS} ms after Stop: {late}"
     assert any(m[1] == 123 and m[0] & 0xF0 == 0xB0 for _, m in listener.since(stop))
 
 
-def test_clock_follow_accompanies_on_the_daws_grid_through_stop_and_start(tmp_path,
-                                                                          chorale_model):
+def test_clock_follow_accompanies_on_the_daws_grid_through_stop_and_start(tmp_path, chorale_model):
     path = make_preset(tmp_path, "chorale", {"model": chorale_model})
     voices = _voices(path)
     grid = presets.load(str(path)).timing.grid
@@ -461,8 +500,10 @@ def test_clock_follow_accompanies_on_the_daws_grid_through_stop_and_start(tmp_pa
                 t0 = daw.start(after_ns=(1200 if take == 0 else 300) * MS)
                 events = []
                 for i, pitch in enumerate(SOPRANO[:6]):
-                    events += [(daw.time_at(1 + i / 2), (0x90, pitch, 90)),
-                               (daw.time_at(1 + i / 2 + 0.45), (0x80, pitch, 0))]
+                    events += [
+                        (daw.time_at(1 + i / 2), (0x90, pitch, 90)),
+                        (daw.time_at(1 + i / 2 + 0.45), (0x80, pitch, 0)),
+                    ]
                 leads = keyboard.play(events)[::2]
                 sleep_until(daw.time_at(4.1))
                 stop = daw.stop()
@@ -476,11 +517,23 @@ def test_clock_follow_accompanies_on_the_daws_grid_through_stop_and_start(tmp_pa
         ons = heard_ons(listener, voices, t0, stop + 500 * MS)
         for v in voices:
             assert heard_ons(listener, {v}, leads[0], leads[-1] + 100 * MS), (
-                f"take {take + 1}: no accompaniment on channel {v + 1}")
-        assert_on_grid([((on - t0) / daw.beat_ns,
-                         off_grid_ns(on, lambda t, t0=t0: (t - t0) / daw.beat_ns,
-                                     lambda b, t0=t0: t0 + round(b * daw.beat_ns), grid))
-                        for on in ons], f"take {take + 1}, the DAW's grid")
+                f"take {take + 1}: no accompaniment on channel {v + 1}"
+            )
+        assert_on_grid(
+            [
+                (
+                    (on - t0) / daw.beat_ns,
+                    off_grid_ns(
+                        on,
+                        lambda t, t0=t0: (t - t0) / daw.beat_ns,
+                        lambda b, t0=t0: t0 + round(b * daw.beat_ns),
+                        grid,
+                    ),
+                )
+                for on in ons
+            ],
+            f"take {take + 1}, the DAW's grid",
+        )
         assert not [on for on in ons if on > stop + TOL], f"take {take + 1}: notes after Stop"
         late = [r for r in released_after(notes, stop) if r[1] > RELEASE_NS / MS]
         assert not late, f"take {take + 1}: still sounding after Stop: {late}"
@@ -508,14 +561,22 @@ def test_program_change_switches_preset_mid_response_with_no_stuck_notes(tmp_pat
         pytest.skip("no shipped preset has its model in models/zoo yet")
     index, new = target
     old_channel = 6  # a channel none of the shipped presets plays on
-    path = make_preset(tmp_path, "folk", {"model": folk_model},
-                       tracks=[{"name": "answer", "channel": old_channel + 1, "program": 73}])
+    path = make_preset(
+        tmp_path,
+        "folk",
+        {"model": folk_model},
+        tracks=[{"name": "answer", "channel": old_channel + 1, "program": 73}],
+    )
     new_channels = {t.channel - 1 for t in new.tracks + new.solo_tracks}
     t = new.timing
     with playing(path) as (daemon, keyboard, listener):
         start = first_beat(daemon)
-        events, _ = phrase(daemon.time_at, start, [67, 69, 71, 72, 74, 72],
-                           presets.load(str(path)).timing.silence_beats)
+        events, _ = phrase(
+            daemon.time_at,
+            start,
+            [67, 69, 71, 72, 74, 72],
+            presets.load(str(path)).timing.silence_beats,
+        )
         keyboard.play(events)
         first = listener.wait_for(lambda _, m: is_note_on(m, old_channel), timeout=10.0)
         assert first is not None, "the first preset did not answer"
@@ -523,12 +584,18 @@ def test_program_change_switches_preset_mid_response_with_no_stuck_notes(tmp_pat
         switch = keyboard.send((0xC0, index))
         daemon.wait_event("preset", timeout=60.0, start=n_events, name=new.name)
         again = time.perf_counter_ns() + 200 * MS
-        keyboard.play([(again + i * 300 * MS + d, msg) for i, p in enumerate(SOPRANO[:4])
-                       for d, msg in ((0, (0x90, p, 90)), (250 * MS, (0x80, p, 0)))])
+        keyboard.play(
+            [
+                (again + i * 300 * MS + d, msg)
+                for i, p in enumerate(SOPRANO[:4])
+                for d, msg in ((0, (0x90, p, 90)), (250 * MS, (0x80, p, 0)))
+            ]
+        )
         if new.mode == "continue":  # wait for its answer
             wait_s = (t.silence_beats + 1 + t.beats_per_bar * t.bars) * 60 / t.bpm + 1.0
-            assert listener.wait_for(lambda _, m: is_note_on(m) and m[0] & 0x0F in new_channels,
-                                     wait_s, start=0), "the new preset did not answer"
+            assert listener.wait_for(
+                lambda _, m: is_note_on(m) and m[0] & 0x0F in new_channels, wait_s, start=0
+            ), "the new preset did not answer"
         sleep_until(time.perf_counter_ns() + 500 * MS)
         assert daemon.stop() == 0, daemon.error_text()
 
@@ -544,8 +611,7 @@ def test_program_change_switches_preset_mid_response_with_no_stuck_notes(tmp_pat
 # ---- shutdown and recording ---------------------------------------------------------------------
 
 
-def test_sigterm_mid_response_releases_everything_and_keeps_the_recording(tmp_path,
-                                                                          folk_model):
+def test_sigterm_mid_response_releases_everything_and_keeps_the_recording(tmp_path, folk_model):
     path = make_preset(tmp_path, "folk", {"model": folk_model})
     p = presets.load(str(path))
     record = tmp_path / "take.mid"

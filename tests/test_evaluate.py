@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from companion import benchmarks, cli
-from companion import evaluate as ev
-from companion.engine import Engine
-from companion.errors import DataError
-from companion.modelfile import StateSpec
-from companion.representations import REGISTRY
-from export import export_checkpoint
-from models import data
-from models import multitrack_lstm as mt
-from models import roll_nade as rn
+from midi_companion import benchmarks, cli
+from midi_companion import evaluate as ev
+from midi_companion.engine import Engine
+from midi_companion.errors import DataError
+from midi_companion.export import export_checkpoint
+from midi_companion.modelfile import StateSpec
+from midi_companion.models import data
+from midi_companion.models import multitrack_lstm as mt
+from midi_companion.models import roll_nade as rn
+from midi_companion.representations import REGISTRY
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,16 +54,19 @@ def torch_engine(model) -> Engine:
     """An Engine over `model`'s step module, as it would be over its exported file."""
     spec = model.export_spec()
     file = SimpleNamespace(
-        path="torch", protocol=model.protocol, session=TorchSession(spec),
-        inputs=tuple(spec.step_inputs), outputs=tuple(spec.outputs),
-        state=tuple(StateSpec(s["name"], tuple(s["shape"])) for s in spec.state))
+        path="torch",
+        protocol=model.protocol,
+        session=TorchSession(spec),
+        inputs=tuple(spec.step_inputs),
+        outputs=tuple(spec.outputs),
+        state=tuple(StateSpec(s["name"], tuple(s["shape"])) for s in spec.state),
+    )
     return Engine(file, provider="cpu")
 
 
 def tiny_nade():
     torch.manual_seed(0)
-    return rn.RollNade(hidden=16, dec_hidden=12, dec_embed=8, dropout=0.0,
-                       local_kernel=5).eval()
+    return rn.RollNade(hidden=16, dec_hidden=12, dec_embed=8, dropout=0.0, local_kernel=5).eval()
 
 
 def torch_nll(model, rolls, every_frame: bool = False) -> tuple[float, int]:
@@ -105,19 +108,23 @@ def test_benchmark_metric_counts_every_frame(bench_dir):
 
 def test_frame_step_is_the_bernoulli_sum(bench_dir):
     """frame-step: frame 0 after an all-zero frame fed from the zero state, then the rest."""
-    from models import roll_lstm
+    from midi_companion.models import roll_lstm
 
     torch.manual_seed(0)
-    model = roll_lstm.build("roll-lstm", benchmarks.representation("jsb"), embed=8, hidden=8,
-                            layers=1, dropout=0.0).eval()
+    model = roll_lstm.build(
+        "roll-lstm", benchmarks.representation("jsb"), embed=8, hidden=8, layers=1, dropout=0.0
+    ).eval()
     rolls = benchmarks.load("jsb")["valid"][:12]
     got = ev.nll(torch_engine(model), rolls, batch=5)
     with torch.no_grad():
         nll, n = model.loss(data.collate([np.asarray(r) for r in rolls], "frames"))
         z0 = model(torch.zeros(1, 1, rolls[0].shape[1]))[0, 0]  # after the empty frame
-        first = sum(torch.nn.functional.binary_cross_entropy_with_logits(
-            z0, torch.tensor(np.array(r[0]), dtype=torch.float32), reduction="sum")
-            for r in rolls)
+        first = sum(
+            torch.nn.functional.binary_cross_entropy_with_logits(
+                z0, torch.tensor(np.array(r[0]), dtype=torch.float32), reduction="sum"
+            )
+            for r in rolls
+        )
     assert got.units_after_first == int(n) and got.units == int(n) + 12
     assert math.isclose(got.nll_after_first, float(nll), rel_tol=1e-5)
     assert math.isclose(got.nll, float(nll + first), rel_tol=1e-5)
@@ -126,8 +133,9 @@ def test_frame_step_is_the_bernoulli_sum(bench_dir):
 def test_multitrack_scores_the_accompaniment_given_the_lead():
     torch.manual_seed(0)
     rep = REGISTRY["multitrack"](grid=0.25, low=28, high=92, scheme="satb")
-    model = mt.build(mt.FAMILY, rep, hidden=16, dec_hidden=12, dec_embed=8, dropout=0.0,
-                     local_kernel=3).eval()
+    model = mt.build(
+        mt.FAMILY, rep, hidden=16, dec_hidden=12, dec_embed=8, dropout=0.0, local_kernel=3
+    ).eval()
     rng = np.random.default_rng(0)
     rolls = [(rng.random((n, 4, rep.keys)) < 0.03).astype(np.uint8) for n in (9, 4, 6)]
     got = ev.nll(torch_engine(model), rolls, batch=2)
@@ -139,7 +147,7 @@ def test_multitrack_scores_the_accompaniment_given_the_lead():
 
 
 def test_token_models_score_every_token_after_the_first(bench_dir):
-    from models import lstm
+    from midi_companion.models import lstm
 
     torch.manual_seed(0)
     rep = REGISTRY["events"]()
@@ -153,8 +161,10 @@ def test_token_models_score_every_token_after_the_first(bench_dir):
 
 
 def test_held_out_scores_follow_the_recorded_ids(bench_dir):
-    corpus = {"name": "benchmark:jsb", "ids": {"test": ["benchmark:jsb/test/5",
-                                                        "benchmark:jsb/test/2"]}}
+    corpus = {
+        "name": "benchmark:jsb",
+        "ids": {"test": ["benchmark:jsb/test/5", "benchmark:jsb/test/2"]},
+    }
     rep = benchmarks.representation("jsb")
     got = [rep.encode(s) for s in ev.held_out_scores(corpus, "test")]
     want = [benchmarks.load("jsb")["test"][i] for i in (5, 2)]
@@ -172,11 +182,18 @@ def exported(tmp_path_factory, bench_dir):
     model = tiny_nade()
     tmp = tmp_path_factory.mktemp("nade")
     ids = [f"benchmark:jsb/test/{i}" for i in (0, 4, 9)]
-    torch.save({"format": "midi-companion-checkpoint/1", "family": rn.FAMILY,
-                "model_args": model.model_args, "state_dict": model.state_dict(),
-                "representation": benchmarks.representation("jsb").to_dict(),
-                "corpus": {"name": "benchmark:jsb", "ids": {"test": ids}},
-                "metrics": {}}, tmp / "nade.pt")
+    torch.save(
+        {
+            "format": "midi-companion-checkpoint/1",
+            "family": rn.FAMILY,
+            "model_args": model.model_args,
+            "state_dict": model.state_dict(),
+            "representation": benchmarks.representation("jsb").to_dict(),
+            "corpus": {"name": "benchmark:jsb", "ids": {"test": ids}},
+            "metrics": {},
+        },
+        tmp / "nade.pt",
+    )
     export_checkpoint(tmp / "nade.pt", tmp / "nade.onnx", batch_sizes=(3,), steps=16)
     return model, str(tmp / "nade.onnx")
 
@@ -210,9 +227,11 @@ def test_cli_json_and_errors(exported, capsys):
     assert (out["frames"], out["frames_after_first"]) == (4725, 4648)
     assert cli.main(["eval", path, "--benchmark", "jsb"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line == (f"jsb/test: {out['nll']:.4f} nats per frame over 4725 frames (every frame, "
-                    f"each piece's first from the model's initial state); "
-                    f"{out['nll_after_first']:.4f} over the 4648 frames t >= 1")
+    assert line == (
+        f"jsb/test: {out['nll']:.4f} nats per frame over 4725 frames (every frame, "
+        f"each piece's first from the model's initial state); "
+        f"{out['nll_after_first']:.4f} over the 4648 frames t >= 1"
+    )
     assert cli.main(["eval", path + ".missing", "--benchmark", "jsb"]) == 2
     assert "no such model file" in capsys.readouterr().err
     assert cli.main(["eval", path, "--split", "valid"]) == 2  # no valid ids recorded
@@ -222,7 +241,7 @@ def test_cli_json_and_errors(exported, capsys):
 @pytest.fixture(scope="module")
 def note_model(tmp_path_factory):
     """models/configs/tiny-note-lstm.toml trained and exported (a note-step model)."""
-    from models.train import train
+    from midi_companion.models.train import train
 
     tmp = tmp_path_factory.mktemp("note")
     text = (ROOT / "models/configs/tiny-note-lstm.toml").read_text()
@@ -243,5 +262,7 @@ def test_note_step_split_is_per_note_and_equals_the_training_test_nll(note_model
     assert result["nll"] == result["nll_after_first"]
     assert cli.main(["eval", path, "--split", "test"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line == (f"{result['set']}: {result['nll']:.4f} nats per note over "
-                    f"{result['notes']} notes (each piece's first note is context only)")
+    assert line == (
+        f"{result['set']}: {result['nll']:.4f} nats per note over "
+        f"{result['notes']} notes (each piece's first note is context only)"
+    )

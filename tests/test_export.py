@@ -15,13 +15,19 @@ import onnx
 import pytest
 import torch
 
-from companion import modelfile
-from companion.engine import Engine
-from companion.errors import ModelError
-from companion.representations import from_dict
-from export import ParityError, build_model, check_parity, export_checkpoint, load_checkpoint
-from export.onnx_export import export_onnx
-from models.train import train
+from midi_companion import modelfile
+from midi_companion.engine import Engine
+from midi_companion.errors import ModelError
+from midi_companion.export import (
+    ParityError,
+    build_model,
+    check_parity,
+    export_checkpoint,
+    load_checkpoint,
+)
+from midi_companion.export.onnx_export import export_onnx
+from midi_companion.models.train import train
+from midi_companion.representations import from_dict
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +112,7 @@ def test_parity_check_catches_a_wrong_graph(exported, tmp_path):
 
 @pytest.mark.slow
 def test_export_cli(exported, tmp_path, capsys):
-    from companion import cli
+    from midi_companion import cli
 
     ckpt, _, _ = exported("lstm")
     assert cli.main(["export", str(ckpt), "-o", str(tmp_path / "x.onnx")]) == 0
@@ -121,9 +127,9 @@ SAMPLER = r"""
 import sys
 sys.modules["torch"] = None  # the runtime must not need torch
 import numpy as np
-from companion import modelfile
-from companion.engine import Engine
-from companion.sampling import Sampling, sample, sample_bernoulli
+from midi_companion import modelfile
+from midi_companion.engine import Engine
+from midi_companion.sampling import Sampling, sample, sample_bernoulli
 
 m = modelfile.load(sys.argv[1])
 rep, rng, engine = m.representation, np.random.default_rng(0), Engine(m)
@@ -181,7 +187,7 @@ def test_exported_model_plays_without_torch(exported, family):
 
 @pytest.mark.slow
 def test_failed_export_keeps_the_old_file(exported, tmp_path, monkeypatch):
-    from export import onnx_export
+    from midi_companion.export import onnx_export
 
     ckpt, _, _ = exported("lstm")
     target = tmp_path / "model.onnx"

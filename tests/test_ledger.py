@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from companion.ledger import NoteLedger, all_notes_off, note_kind, note_off, note_on
+from midi_companion.ledger import NoteLedger, all_notes_off, note_kind, note_off, note_on
 
 
 def test_note_on_then_off():

@@ -17,11 +17,11 @@ import onnx
 import pytest
 import torch
 
-from companion import modelfile
-from companion.errors import ModelError
-from export import build_model, export_checkpoint, load_checkpoint
-from models.lstm_vae import LSTMVAE
-from models.train import train
+from midi_companion import modelfile
+from midi_companion.errors import ModelError
+from midi_companion.export import build_model, export_checkpoint, load_checkpoint
+from midi_companion.models.lstm_vae import LSTMVAE
+from midi_companion.models.train import train
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +45,14 @@ def vae(tmp_path_factory) -> dict:
     with mock.patch.object(LSTMVAE, "set_step", record):
         ck = train(cfg, progress=False)
     report = export_checkpoint(tmp / "run/best.pt", tmp / "vae.onnx", batch_sizes=(1, 3))
-    return {"dir": tmp, "ckpt": tmp / "run/best.pt", "metrics": ck["metrics"],
-            "path": tmp / "vae.onnx", "report": report, "steps": steps}
+    return {
+        "dir": tmp,
+        "ckpt": tmp / "run/best.pt",
+        "metrics": ck["metrics"],
+        "path": tmp / "vae.onnx",
+        "report": report,
+        "steps": steps,
+    }
 
 
 def test_trains_with_the_kl_and_reconstruction_reported_apart(vae):
@@ -64,8 +70,17 @@ def test_trains_with_the_kl_and_reconstruction_reported_apart(vae):
 
 
 def test_kl_warm_up_and_free_bits():
-    model = LSTMVAE(vocab=10, embed=4, enc_hidden=4, enc_layers=1, hidden=4, layers=1,
-                    latent=3, beta=0.5, kl_warmup=10)
+    model = LSTMVAE(
+        vocab=10,
+        embed=4,
+        enc_hidden=4,
+        enc_layers=1,
+        hidden=4,
+        layers=1,
+        latent=3,
+        beta=0.5,
+        kl_warmup=10,
+    )
     model.set_step(0)
     assert model.beta_now() == pytest.approx(0.05)
     model.set_step(4)
@@ -81,8 +96,17 @@ def test_kl_warm_up_and_free_bits():
     assert n == 24 and terms["recon_nll"][1] == 24 and terms["kl"][1] == 3
     assert float(score) == pytest.approx(terms["recon_nll"][0] + terms["kl"][0], rel=1e-5)
     assert model.extra_metrics()["kl"] == (0.0, 0.0)  # read once, then cleared
-    free = LSTMVAE(vocab=10, embed=4, enc_hidden=4, enc_layers=1, hidden=4, layers=1,
-                   latent=3, free_bits=100.0, dropout=0.0)
+    free = LSTMVAE(
+        vocab=10,
+        embed=4,
+        enc_hidden=4,
+        enc_layers=1,
+        hidden=4,
+        layers=1,
+        latent=3,
+        free_bits=100.0,
+        dropout=0.0,
+    )
     free.train()
     torch.manual_seed(0)
     loss, _ = free.loss(batch)
@@ -114,14 +138,24 @@ def test_exports_decoder_step_and_encoder_with_parity(vae):
 def test_runtime_primes_from_the_phrase_latent_as_torch_does(vae):
     """LatentVoice on onnxruntime: z = the encoder's mean of the phrase, and the logits
     after the phrase equal torch's teacher-forced decoder given that z."""
-    from companion.voices import LatentVoice, voice_for
+    from midi_companion.voices import LatentVoice, voice_for
 
     model = build_model(load_checkpoint(vae["ckpt"]))
     voice = voice_for(modelfile.load(vae["path"]), provider="cpu")
     assert isinstance(voice, LatentVoice)
     rep = voice.rep
-    tokens = [rep.velocity_offset + 2, 60, rep.shift_offset + 3, 128 + 60, 64,
-              rep.shift_offset + 1, 62, rep.shift_offset + 5, 128 + 64, 128 + 62]
+    tokens = [
+        rep.velocity_offset + 2,
+        60,
+        rep.shift_offset + 3,
+        128 + 60,
+        64,
+        rep.shift_offset + 1,
+        62,
+        rep.shift_offset + 5,
+        128 + 64,
+        128 + 62,
+    ]
     voice.prime(tokens)
     with torch.no_grad():
         x = torch.tensor([tokens])
@@ -137,7 +171,7 @@ def test_runtime_primes_from_the_phrase_latent_as_torch_does(vae):
 
 
 def test_a_missing_encoder_file_is_a_clear_error(vae, tmp_path):
-    from companion.voices import voice_for
+    from midi_companion.voices import voice_for
 
     lone = tmp_path / "lone.onnx"
     lone.write_bytes(vae["path"].read_bytes())  # names vae.encoder.onnx, not beside it
@@ -148,9 +182,9 @@ def test_a_missing_encoder_file_is_a_clear_error(vae, tmp_path):
 CONTINUE = r"""
 import sys
 sys.modules["torch"] = None  # the runtime must not need torch
-from companion import presets, voices
-from companion.offline import perform
-from companion.score import Note, Score
+from midi_companion import presets, voices
+from midi_companion.offline import perform
+from midi_companion.score import Note, Score
 
 latents = []
 prime = voices.LatentVoice.prime
@@ -182,8 +216,13 @@ bars = 2
 def test_exported_pair_continues_a_phrase_without_torch(vae):
     preset = vae["dir"] / "vae-preset.toml"
     preset.write_text(PRESET)
-    r = subprocess.run([sys.executable, "-c", CONTINUE, str(preset)], capture_output=True,
-                       text=True, cwd=ROOT, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", CONTINUE, str(preset)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     played, answered, first, last, primed, norm = r.stdout.split()
     assert int(played) == 8 and int(answered) > 0
@@ -193,13 +232,13 @@ def test_exported_pair_continues_a_phrase_without_torch(vae):
 
 
 def test_held_out_reconstruction_from_the_files_equals_torch(vae):
-    """companion.latent.reconstruction (onnxruntime, torch-free) scores the held-out phrases
+    """midi_companion.latent.reconstruction (onnxruntime, torch-free) scores the held-out phrases
     as the training loop cuts them: with z = the encoder's mean it equals torch's decoder."""
     import torch.nn.functional as F
 
-    from companion.evaluate import held_out_scores
-    from companion.latent import reconstruction
-    from models import lstm_vae
+    from midi_companion.evaluate import held_out_scores
+    from midi_companion.latent import reconstruction
+    from midi_companion.models import lstm_vae
 
     r = reconstruction(vae["path"], "test", length=25, batch=3)
     ck = load_checkpoint(vae["ckpt"])
@@ -211,8 +250,9 @@ def test_held_out_reconstruction_from_the_files_equals_torch(vae):
         for b in lstm_vae.batches(pieces, rep, {"seq_len": 24, "batch_size": 4}, None, False):
             mean, _ = model.encode(b["tokens"], b["mask"].sum(1))
             logits = model(b["tokens"][:, :-1], mean, b["phase"][:, :-1])
-            nll = F.cross_entropy(logits.flatten(0, 1), b["tokens"][:, 1:].flatten(),
-                                  reduction="none")
+            nll = F.cross_entropy(
+                logits.flatten(0, 1), b["tokens"][:, 1:].flatten(), reduction="none"
+            )
             total += float((nll * b["mask"][:, 1:].flatten()).sum())
             n += int(b["mask"][:, 1:].sum())
             phrases += len(mean)
@@ -222,7 +262,7 @@ def test_held_out_reconstruction_from_the_files_equals_torch(vae):
 
 
 def test_held_out_continuation_from_the_phrase_latent(vae):
-    from companion.latent import continuation
+    from midi_companion.latent import continuation
 
     r = continuation(vae["path"], "test", length=10, following=8)
     assert r["pieces"] > 0 and set(r) >= {"nll_mean", "nll_prior"}

@@ -1,16 +1,16 @@
-"""companion.markov: the first-order Markov baselines."""
+"""midi_companion.markov: the first-order Markov baselines."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from companion import metrics
-from companion.markov import TokenMarkov, VoiceMarkov
-from companion.representations import REGISTRY
-from companion.representations.events import Events
-from companion.sampling import Sampling
-from companion.score import Note, Score
+from midi_companion import metrics
+from midi_companion.markov import TokenMarkov, VoiceMarkov
+from midi_companion.representations import REGISTRY
+from midi_companion.representations.events import Events
+from midi_companion.sampling import Sampling
+from midi_companion.score import Note, Score
 
 
 def test_token_markov_learns_the_cycle():
@@ -37,10 +37,11 @@ def _cycle_tokens(rep: Events) -> list[int]:
     """On60, +1/2, Off60, On62, +1/4, Off62, On64, +1 beat, Off64: every token has one
     successor, so a tiny alpha makes the chain (almost) deterministic."""
     on, off = rep.note_on_offset, rep.note_off_offset
+
     def shift(k):
         return rep.shift_offset + k - 1
-    body = [on + 60, shift(6), off + 60, on + 62, shift(3), off + 62, on + 64, shift(12),
-            off + 64]
+
+    body = [on + 60, shift(6), off + 60, on + 62, shift(3), off + 62, on + 64, shift(12), off + 64]
     return [rep.velocity_offset + rep.velocity_bin(80)] + body * 4
 
 
@@ -52,8 +53,12 @@ def test_generate_through_events_follows_the_chain():
     vel = rep.velocities[rep.velocity_bin(80)]
     # the prompt's C4 (onset 0) is left out; onsets are relative to the prompt end (beat 0)
     assert notes == [
-        Note(0.5, 62, 0.25, vel), Note(0.75, 64, 1.0, vel), Note(1.75, 60, 0.5, vel),
-        Note(2.25, 62, 0.25, vel), Note(2.5, 64, 1.0, vel), Note(3.5, 60, 0.5, vel),
+        Note(0.5, 62, 0.25, vel),
+        Note(0.75, 64, 1.0, vel),
+        Note(1.75, 60, 0.5, vel),
+        Note(2.25, 62, 0.25, vel),
+        Note(2.5, 64, 1.0, vel),
+        Note(3.5, 60, 0.5, vel),
     ]
 
 
@@ -72,7 +77,8 @@ def test_generate_from_a_smoothed_chain_gives_valid_notes():
     rep = Events()
     score = Score.from_notes(
         [Note(i * 0.5, p, 0.5, 70 + i) for i, p in enumerate([60, 62, 64, 65, 67, 65, 64, 62])]
-        + [Note(0, 48, 4, 90)])
+        + [Note(0, 48, 4, 90)]
+    )
     seqs = [np.array(rep.encode(score.transposed(k))) for k in range(-3, 4)]
     mk = TokenMarkov.fit(seqs, rep.vocab_size, alpha=0.05)
     rng = np.random.default_rng(7)

@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from companion.representations import REGISTRY  # noqa: E402
-from models import lstm, multitrack_lstm  # noqa: E402
+from midi_companion.models import lstm, multitrack_lstm  # noqa: E402
+from midi_companion.representations import REGISTRY  # noqa: E402
 
 
 def _events():
@@ -20,8 +20,9 @@ def test_lstm_phases_count_time_shifts_from_the_start_of_the_piece():
     model = lstm.build("lstm", rep, embed=8, hidden=8, layers=1)
     assert model.model_args["meter"] is True
     shift = rep.shift_offset - 1  # TimeShift_k is shift + k
-    toks = torch.tensor([[rep.velocity_offset, 60, shift + 3, 128 + 60, shift + 12, 62,
-                          shift + 10]])
+    toks = torch.tensor(
+        [[rep.velocity_offset, 60, shift + 3, 128 + 60, shift + 12, 62, shift + 10]]
+    )
     assert model.phases(toks).tolist() == [[0, 0, 3, 3, 3, 3, 1]]
     state = [torch.zeros(1, 1, 8), torch.zeros(1, 1, 8), torch.zeros(1, 1)]
     for t in toks[0]:
@@ -39,9 +40,12 @@ def test_lstm_training_windows_carry_the_phase_of_the_whole_piece():
     for batch in lstm.batches([piece], rep, cfg, rng, train=True):
         for toks, phase, mask in zip(batch["tokens"], batch["phase"], batch["mask"]):
             toks, phase = toks[mask].numpy(), phase[mask].numpy()
-            starts = [s for s in range(len(piece) - len(toks) + 1)
-                      if (piece[s:s + len(toks)] == toks).all()
-                      and (expected[s:s + len(toks)] == phase).all()]
+            starts = [
+                s
+                for s in range(len(piece) - len(toks) + 1)
+                if (piece[s : s + len(toks)] == toks).all()
+                and (expected[s : s + len(toks)] == phase).all()
+            ]
             assert starts, "a window's phases are not those of its place in the piece"
 
 
@@ -54,8 +58,9 @@ def test_lstm_without_time_tokens_has_no_meter():
 
 def test_multitrack_windows_know_their_position_in_the_beat():
     rep = REGISTRY["multitrack"](scheme="satb", grid=0.25, low=40, high=80)
-    model = multitrack_lstm.build("multitrack-lstm", rep, hidden=8, layers=1, dec_hidden=8,
-                                  dec_embed=4)
+    model = multitrack_lstm.build(
+        "multitrack-lstm", rep, hidden=8, layers=1, dec_hidden=8, dec_embed=4
+    )
     assert model.beat == 4
     assert model.state_spec()[-1]["name"] == "beat_pos"
     roll = np.zeros((37, 4, 41), dtype=np.uint8)
@@ -64,5 +69,4 @@ def test_multitrack_windows_know_their_position_in_the_beat():
     batch = next(multitrack_lstm.batches([roll], rep, cfg, np.random.default_rng(1), True))
     starts = batch["phase"][:, 0].tolist()
     assert any(s % 4 for s in starts)  # windows start off the beat, and say so
-    assert (batch["phase"] - batch["phase"][:, :1] == torch.arange(batch["phase"].shape[1])
-            ).all()
+    assert (batch["phase"] - batch["phase"][:, :1] == torch.arange(batch["phase"].shape[1])).all()

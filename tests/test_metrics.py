@@ -1,4 +1,4 @@
-"""companion.metrics on small hand-made cases whose answers are known by hand."""
+"""midi_companion.metrics on small hand-made cases whose answers are known by hand."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from companion import metrics as m
-from companion.score import Note
+from midi_companion import metrics as m
+from midi_companion.score import Note
 
 C4, D4, E4, F4, Fs4, G4, A4, B4, C5, D5 = 60, 62, 64, 65, 66, 67, 69, 71, 72, 74
 
@@ -60,8 +60,20 @@ def test_c_major_scale_is_c_major():
 
 def test_a_minor_melody_is_a_minor():
     # A natural minor, dwelling on A, C and E (long notes)
-    pitches_durs = [(57, 2), (C4, 1), (E4, 1), (D4, 0.5), (C4, 0.5), (B4 - 12, 0.5),
-                    (57, 2), (E4, 1), (C4, 1), (G4, 0.5), (F4, 0.5), (57, 2)]
+    pitches_durs = [
+        (57, 2),
+        (C4, 1),
+        (E4, 1),
+        (D4, 0.5),
+        (C4, 0.5),
+        (B4 - 12, 0.5),
+        (57, 2),
+        (E4, 1),
+        (C4, 1),
+        (G4, 0.5),
+        (F4, 0.5),
+        (57, 2),
+    ]
     t, notes = 0.0, []
     for p, d in pitches_durs:
         notes.append(Note(t, p, d))
@@ -145,14 +157,15 @@ def test_length_classes():
 # ---- KDE and set comparison ---------------------------------------------------------------
 def test_scott_bandwidth_and_kde_integrates_to_one():
     x = np.array([1.0, 2.0, 3.0, 4.0])
-    assert m.kde_bandwidth(x) == pytest.approx(np.std(x, ddof=1) * 4 ** -0.2)
+    assert m.kde_bandwidth(x) == pytest.approx(np.std(x, ddof=1) * 4**-0.2)
     assert m.kde_bandwidth(np.zeros(5)) == 1e-3  # zero variance: the floor
     grid = np.linspace(-10, 15, 5001)
     pdf = m.kde_pdf(np.array([0.0, 1.0, 2.0, 5.0]), grid)
     assert float(np.sum((pdf[1:] + pdf[:-1]) * np.diff(grid)) / 2) == pytest.approx(1, abs=1e-6)
     # one point: a normal density of the given bandwidth
     assert m.kde_pdf(np.array([0.0]), np.array([0.0]), 2.0)[0] == pytest.approx(
-        1 / (2 * math.sqrt(2 * math.pi)))
+        1 / (2 * math.sqrt(2 * math.pi))
+    )
 
 
 def test_overlap_of_equal_and_of_far_samples():

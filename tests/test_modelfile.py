@@ -1,4 +1,4 @@
-"""companion.modelfile: model files are read and checked without torch; anything missing,
+"""midi_companion.modelfile: model files are read and checked without torch; anything missing,
 truncated or foreign is a ModelError naming the file."""
 
 from __future__ import annotations
@@ -13,17 +13,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from companion import modelfile, presets
-from companion.engine import Engine
-from companion.errors import ModelError
-from companion.representations import REGISTRY
+from midi_companion import modelfile, presets
+from midi_companion.engine import Engine
+from midi_companion.errors import ModelError
+from midi_companion.representations import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 V, H = REGISTRY["events"]().vocab_size, 4
 
 
-def token_step_model(path: Path, meta: dict | None = None, width: int = V,
-                     **overrides) -> Path:
+def token_step_model(path: Path, meta: dict | None = None, width: int = V, **overrides) -> Path:
     """A tiny hand-built token-step graph (logits = h . W, h_out = h + 1, c_out = c) with
     metadata as export writes it; `overrides` replace metadata values (None removes);
     `width` is the logits width (the events vocabulary unless a test says otherwise)."""
@@ -173,7 +172,7 @@ def test_modelfile_needs_no_torch(tmp_path):
     path = token_step_model(tmp_path / "m.onnx")
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from companion import modelfile\n"
+        "from midi_companion import modelfile\n"
         f"m = modelfile.load({str(path)!r}); print(m.family, m.protocol)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from companion import presets
-from companion.offline import perform
-from companion.score import Note, Score, Track
+from midi_companion import presets
+from midi_companion.offline import perform
+from midi_companion.score import Note, Score, Track
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -31,8 +31,12 @@ start_on = "{start_on}"
 
 
 def companion(*args, cwd):
-    r = subprocess.run([sys.executable, "-m", "companion", *map(str, args)], cwd=cwd,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "midi_companion", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return r
 
@@ -82,8 +86,8 @@ def test_continue_answers_after_the_phrase_on_the_next_beat(tmp_path, token_mode
 
 
 def test_answer_start_is_the_next_beat_or_bar_or_now_when_on_one():
-    from companion.modes.continuation import answer_start
-    from companion.presets import Timing
+    from midi_companion.modes.continuation import answer_start
+    from midi_companion.presets import Timing
 
     assert answer_start(4.0, Timing(start_on="beat")) == 4.0
     assert answer_start(4.3, Timing(start_on="beat")) == 5.0
@@ -129,8 +133,18 @@ def test_new_input_interrupts_or_overlaps_the_response(tmp_path, token_model):
 def test_cli_continue_writes_input_plus_answer(tmp_path, token_model):
     preset = make_preset(tmp_path, token_model)
     Score.from_notes(phrase()).to_midi(tmp_path / "in.mid")
-    companion("continue", preset.path, tmp_path / "in.mid", "-o", tmp_path / "out.mid",
-              "--bars", 1, "--seed", 4, cwd=tmp_path)
+    companion(
+        "continue",
+        preset.path,
+        tmp_path / "in.mid",
+        "-o",
+        tmp_path / "out.mid",
+        "--bars",
+        1,
+        "--seed",
+        4,
+        cwd=tmp_path,
+    )
     out = Score.from_midi(tmp_path / "out.mid")
     assert len(out.tracks) == 2 and out.tracks[1].notes
 
@@ -156,11 +170,22 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, token_model):
         ["demo", preset.path, "-o", good / "take.mid"],  # its folder is a file
     ]
     (tmp_path / "trunc.onnx").write_bytes(token_model.read_bytes()[:1000])
-    cases.append(["continue", make_preset(tmp_path, tmp_path / "trunc.onnx").path,
-                  tmp_path / "notmidi.mid", "-o", tmp_path / "o.mid"])
+    cases.append(
+        [
+            "continue",
+            make_preset(tmp_path, tmp_path / "trunc.onnx").path,
+            tmp_path / "notmidi.mid",
+            "-o",
+            tmp_path / "o.mid",
+        ]
+    )
     for args in cases:
-        r = subprocess.run([sys.executable, "-m", "companion", *map(str, args)], cwd=tmp_path,
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "midi_companion", *map(str, args)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr, r.stderr
         assert r.stderr.strip().splitlines()[-1].startswith("companion"), r.stderr
@@ -175,12 +200,21 @@ def test_offline_output_keeps_the_players_parts_and_channels(tmp_path, token_mod
     a channel that a generated part takes moves, to the lowest free one."""
     preset = make_preset(tmp_path, token_model)  # answers on channel 3 (index 2)
     melody = Track(name="melody", program=40, channel=2, notes=phrase())
-    drums = Track(name="kit", is_drum=True, channel=9,
-                  notes=[Note(i * 1.0, 36, 0.25, 100) for i in range(4)])
+    drums = Track(
+        name="kit", is_drum=True, channel=9, notes=[Note(i * 1.0, 36, 0.25, 100) for i in range(4)]
+    )
     bass = Track(name="bass", program=33, channel=5, notes=[Note(0.0, 40, 2.0, 80)])
     Score(tracks=[melody, drums, bass]).to_midi(tmp_path / "in.mid")
-    companion("continue", preset.path, tmp_path / "in.mid", "-o", tmp_path / "out.mid",
-              "--bars", 1, cwd=tmp_path)
+    companion(
+        "continue",
+        preset.path,
+        tmp_path / "in.mid",
+        "-o",
+        tmp_path / "out.mid",
+        "--bars",
+        1,
+        cwd=tmp_path,
+    )
     out = Score.from_midi(tmp_path / "out.mid")
     by_ch = {t.channel: t for t in out.tracks}
     assert set(by_ch) == {0, 2, 5, 9}, by_ch
@@ -195,9 +229,9 @@ def test_a_phrase_released_a_hair_after_the_beat_is_encoded_up_to_that_beat():
     """Float time: a release at 4.0000000003 snaps the answer to beat 4 (answer_start), and
     the phrase's encoding reads the release at the beat (an encoder's times never go back:
     it raised 'stream times must not decrease' when the report cut prompts at bar lines)."""
-    from companion.modes.continuation import answer_start, encode_phrase
-    from companion.presets import Timing
-    from companion.representations import REGISTRY
+    from midi_companion.modes.continuation import answer_start, encode_phrase
+    from midi_companion.presets import Timing
+    from midi_companion.representations import REGISTRY
 
     rep = REGISTRY["events"](resolution=12, max_shift=24, velocity_bins=1)
     notes = [Note(3.5, 67, 0.5 + 3e-10, 90)]
@@ -211,11 +245,13 @@ def test_an_answer_keeps_the_players_beat_after_a_phrase_that_ends_on_a_triplet(
     """The context can end short of the answer's start (a partial time shift is written
     only before an event); the answer must not be moved by that remainder, or every onset
     lands a third of a beat off the player's grid (the beat-loss the quality report found)."""
-    from companion import metrics, presets
+    from midi_companion import metrics, presets
 
-    notes = ([Note(i * 0.5, p, 0.5, 90) for i, p in enumerate([67, 69, 71, 72, 74, 72, 71, 69])]
-             + [Note(4 + i / 3, p, 1 / 3, 90) for i, p in enumerate([67, 71, 74])]
-             + [Note(5.0, 72, 2 / 3, 90)])
+    notes = (
+        [Note(i * 0.5, p, 0.5, 90) for i, p in enumerate([67, 69, 71, 72, 74, 72, 71, 69])]
+        + [Note(4 + i / 3, p, 1 / 3, 90) for i, p in enumerate([67, 71, 74])]
+        + [Note(5.0, 72, 2 / 3, 90)]
+    )
     for seed in range(3):
         answer = perform(presets.load("folk"), Score.from_notes(notes), seed=seed).tracks[-1]
         assert answer.notes

@@ -11,16 +11,23 @@ import numpy as np
 import pytest
 import torch
 
-from companion.representations import REGISTRY
-from models import multitrack_lstm as mt
+from midi_companion.models import multitrack_lstm as mt
+from midi_companion.representations import REGISTRY
 
 torch.set_num_threads(1)
 
 
 def tiny(keys: int, tracks: int, local_kernel: int = 3) -> mt.MultitrackLSTM:
     torch.manual_seed(0)
-    return mt.MultitrackLSTM(keys=keys, tracks=tracks, hidden=16, dec_hidden=12, dec_embed=8,
-                             dropout=0.0, local_kernel=local_kernel).eval()
+    return mt.MultitrackLSTM(
+        keys=keys,
+        tracks=tracks,
+        hidden=16,
+        dec_hidden=12,
+        dec_embed=8,
+        dropout=0.0,
+        local_kernel=local_kernel,
+    ).eval()
 
 
 def test_build_takes_rows_and_keys_from_the_representation():
@@ -75,15 +82,23 @@ def test_loss_equals_the_step_protocol_token_by_token():
 
 @pytest.mark.slow
 def test_export_parity_at_other_batch_sizes(tmp_path):
-    from export import export_checkpoint
+    from midi_companion.export import export_checkpoint
 
     rep = REGISTRY["multitrack"](grid=0.25, low=50, high=70, scheme="satb")
     model = mt.build(mt.FAMILY, rep, hidden=16, dec_hidden=12, dec_embed=8, local_kernel=3)
     ckpt = tmp_path / "mt.pt"
-    torch.save({"format": "midi-companion-checkpoint/1", "family": mt.FAMILY,
-                "model_args": model.model_args, "state_dict": model.state_dict(),
-                "representation": rep.to_dict(), "corpus": {"name": "test"},
-                "metrics": {}}, ckpt)
+    torch.save(
+        {
+            "format": "midi-companion-checkpoint/1",
+            "family": mt.FAMILY,
+            "model_args": model.model_args,
+            "state_dict": model.state_dict(),
+            "representation": rep.to_dict(),
+            "corpus": {"name": "test"},
+            "metrics": {},
+        },
+        ckpt,
+    )
     report = export_checkpoint(ckpt, tmp_path / "mt.onnx", batch_sizes=(1, 3), steps=64)
     for batch in (1, 3):
         assert report["parity"][batch]["ort_vs_torch"] <= 1e-4

@@ -9,25 +9,39 @@ from pathlib import Path
 import mido
 import pytest
 
-from companion import cli, presets
-from companion.score import DRUM_CHANNEL, Note, Score, Track
+from midi_companion import cli, presets
+from midi_companion.score import DRUM_CHANNEL, Note, Score, Track
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not (ROOT / "models/zoo/piano.onnx").exists(),
-                                reason="the shipped models are not there")
+pytestmark = pytest.mark.skipif(
+    not (ROOT / "models/zoo/piano.onnx").exists(), reason="the shipped models are not there"
+)
 QUARTET = ("violin 1", "violin 2", "viola", "cello")
 
 
-def write_parts(path: Path, channels, *, names=None, drums: int | None = None,
-                beats: int = 4) -> Path:
+def write_parts(
+    path: Path, channels, *, names=None, drums: int | None = None, beats: int = 4
+) -> Path:
     """One part per channel (a few quarter notes each), plus a drum part on `drums`."""
     names = names or [f"part {i}" for i in range(len(channels))]
-    tracks = [Track(name=name, program=40 + i % 3, channel=ch,
-                    notes=[Note(float(b), 84 - 3 * i + b % 3, 1.0, 80) for b in range(beats)])
-              for i, (name, ch) in enumerate(zip(names, channels))]
+    tracks = [
+        Track(
+            name=name,
+            program=40 + i % 3,
+            channel=ch,
+            notes=[Note(float(b), 84 - 3 * i + b % 3, 1.0, 80) for b in range(beats)],
+        )
+        for i, (name, ch) in enumerate(zip(names, channels))
+    ]
     if drums is not None:
-        tracks.append(Track(name="kit", is_drum=True, channel=drums,
-                            notes=[Note(float(b), 36, 0.25, 100) for b in range(beats)]))
+        tracks.append(
+            Track(
+                name="kit",
+                is_drum=True,
+                channel=drums,
+                notes=[Note(float(b), 36, 0.25, 100) for b in range(beats)],
+            )
+        )
     Score(tracks=tracks, tempos=[(0.0, 100.0)]).to_midi(path)
     return path
 
@@ -39,8 +53,13 @@ def channels_by_track(path: Path) -> list[tuple[str, set[int], int]]:
         name = next((m.name for m in track if m.type == "track_name"), "")
         notes = [m for m in track if m.type in ("note_on", "note_off")]
         if notes:
-            out.append((name, {m.channel for m in notes},
-                        sum(m.type == "note_on" and m.velocity > 0 for m in notes)))
+            out.append(
+                (
+                    name,
+                    {m.channel for m in notes},
+                    sum(m.type == "note_on" and m.velocity > 0 for m in notes),
+                )
+            )
     return out
 
 
@@ -48,18 +67,32 @@ def run(*args) -> int:
     return cli.main([str(a) for a in args])
 
 
-@pytest.mark.parametrize("preset, command, channels", [
-    ("piano", "continue", (0, 1, 2, 3)),  # the string quartet on MIDI channels 1-4
-    ("piano", "continue", (1, 2, 3, 0)),
-    ("chorale", "accompany", (0, 1, 2, 3)),
-    ("chorale", "accompany", (1, 2, 3, 4)),  # the quartet on MIDI channels 2-5
-    ("chorale", "accompany", (4, 3, 2, 1)),
-])
+@pytest.mark.parametrize(
+    "preset, command, channels",
+    [
+        ("piano", "continue", (0, 1, 2, 3)),  # the string quartet on MIDI channels 1-4
+        ("piano", "continue", (1, 2, 3, 0)),
+        ("chorale", "accompany", (0, 1, 2, 3)),
+        ("chorale", "accompany", (1, 2, 3, 4)),  # the quartet on MIDI channels 2-5
+        ("chorale", "accompany", (4, 3, 2, 1)),
+    ],
+)
 def test_every_part_gets_its_own_channel(tmp_path, preset, command, channels):
     src = write_parts(tmp_path / "quartet.mid", channels, names=QUARTET, drums=DRUM_CHANNEL)
     out = tmp_path / "out.mid"
-    assert run(command, preset, src, "-o", out, "--seed", 3,
-               *(["--bars", 1] if command == "continue" else [])) == 0
+    assert (
+        run(
+            command,
+            preset,
+            src,
+            "-o",
+            out,
+            "--seed",
+            3,
+            *(["--bars", 1] if command == "continue" else []),
+        )
+        == 0
+    )
     tracks = channels_by_track(out)
     assert all(len(chs) == 1 for _, chs, _ in tracks), tracks
     used = [next(iter(chs)) for _, chs, _ in tracks]
@@ -103,17 +136,33 @@ def test_no_free_channel_is_one_clear_error(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("preset, command, input_parts", [
-    ("piano", "continue", 4), ("chorale", "accompany", 4), ("piano", "continue", 1)])
-def test_the_summary_counts_the_generated_tracks_only(tmp_path, capsys, preset, command,
-                                                       input_parts):
+@pytest.mark.parametrize(
+    "preset, command, input_parts",
+    [("piano", "continue", 4), ("chorale", "accompany", 4), ("piano", "continue", 1)],
+)
+def test_the_summary_counts_the_generated_tracks_only(
+    tmp_path, capsys, preset, command, input_parts
+):
     src = write_parts(tmp_path / "in.mid", range(input_parts), names=QUARTET[:input_parts])
     out = tmp_path / "out.mid"
-    assert run(command, preset, src, "-o", out, "--seed", 1,
-               *(["--bars", 1] if command == "continue" else [])) == 0
+    assert (
+        run(
+            command,
+            preset,
+            src,
+            "-o",
+            out,
+            "--seed",
+            1,
+            *(["--bars", 1] if command == "continue" else []),
+        )
+        == 0
+    )
     line = capsys.readouterr().out.strip()
     generated = [n for name, _, n in channels_by_track(out) if name not in QUARTET]
     n_tracks = len(presets.load(preset).tracks)
     assert sum(generated) > 0
-    assert line == (f"wrote {out}: {4 * input_parts} input notes, {sum(generated)} generated "
-                    f"on {n_tracks} track(s)")
+    assert line == (
+        f"wrote {out}: {4 * input_parts} input notes, {sum(generated)} generated "
+        f"on {n_tracks} track(s)"
+    )

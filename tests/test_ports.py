@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from companion.errors import CompanionError, MidiPortError
-from companion.ports import (
+from midi_companion.errors import CompanionError, MidiPortError
+from midi_companion.ports import (
     VIRTUAL_INPUT,
     VIRTUAL_OUTPUT,
     InputPort,
@@ -220,7 +220,7 @@ def test_a_name_matching_no_jack_port_lists_the_ports(jack_server):
 
 SIGNALS_DURING_WAITS = """
 import os, queue, signal, threading, time
-from companion.ports import loopback_pair
+from midi_companion.ports import loopback_pair
 
 _, inp = loopback_pair()
 def slow_handler(*_):  # runs past the waiting get's deadline, as SIGTERM's may
@@ -249,6 +249,7 @@ def test_the_input_queue_wait_survives_signal_handlers():
     CPython 3.11: the daemon then ignored SIGTERM)."""
     import subprocess
 
-    r = subprocess.run([sys.executable, "-c", SIGNALS_DURING_WAITS], timeout=20,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", SIGNALS_DURING_WAITS], timeout=20, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr

@@ -4,8 +4,8 @@ channel, every message at its beat; only messages of the music are kept."""
 import mido
 import pytest
 
-from companion.recorder import Recorder
-from companion.score import TICKS_PER_BEAT, Score
+from midi_companion.recorder import Recorder
+from midi_companion.score import TICKS_PER_BEAT, Score
 
 
 def _notes(mid: mido.MidiFile) -> dict[str, list[tuple[int, str, int, int]]]:
@@ -35,8 +35,10 @@ def test_flushes_write_every_message_at_its_beat_on_its_track(tmp_path):
     assert [m.tempo for m in first.tracks[0] if m.type == "set_tempo"] == [mido.bpm2tempo(100)]
     assert _notes(first) == {
         "player": [(0, "note_on", 0, 60), (TICKS_PER_BEAT, "note_off", 0, 60)],
-        "alto": [(TICKS_PER_BEAT // 2, "program_change", 1, 52),
-                 (TICKS_PER_BEAT // 2, "note_on", 1, 55)],
+        "alto": [
+            (TICKS_PER_BEAT // 2, "program_change", 1, 52),
+            (TICKS_PER_BEAT // 2, "note_on", 1, 55),
+        ],
     }
     # what comes after lands after what was written, in a file that is whole again
     rec.companion(2.25, (0x81, 55, 0))
@@ -45,8 +47,10 @@ def test_flushes_write_every_message_at_its_beat_on_its_track(tmp_path):
     rec.flush()
     notes = _notes(mido.MidiFile(path))
     assert notes["alto"][-1] == (int(2.25 * TICKS_PER_BEAT), "note_off", 1, 55)
-    assert notes["player"][2:] == [(2 * TICKS_PER_BEAT, "note_on", 0, 62),
-                                   (3 * TICKS_PER_BEAT, "note_off", 0, 62)]
+    assert notes["player"][2:] == [
+        (2 * TICKS_PER_BEAT, "note_on", 0, 62),
+        (3 * TICKS_PER_BEAT, "note_off", 0, 62),
+    ]
     score = Score.from_midi(path)  # our own reader takes it too
     assert sorted(n.pitch for t in score.tracks for n in t.notes) == [55, 60, 62]
 
@@ -63,8 +67,10 @@ def test_keeps_only_the_music_and_never_goes_back_in_time(tmp_path):
     rec.player(1.5, (0x80, 64, 0))  # a clock that jumped back: at the last tick, not before
     rec.flush()
     assert _notes(mido.MidiFile(path))["player"] == [
-        (TICKS_PER_BEAT, "control_change", 0, -1), (2 * TICKS_PER_BEAT, "note_on", 0, 64),
-        (2 * TICKS_PER_BEAT, "note_off", 0, 64)]
+        (TICKS_PER_BEAT, "control_change", 0, -1),
+        (2 * TICKS_PER_BEAT, "note_on", 0, 64),
+        (2 * TICKS_PER_BEAT, "note_off", 0, 64),
+    ]
 
 
 def test_a_flush_with_nothing_new_leaves_the_file_alone(tmp_path):
@@ -90,7 +96,7 @@ def test_long_gaps_are_encoded_as_smf_variable_length_quantities(tmp_path, delta
 
 
 def test_a_path_that_cannot_be_written_is_refused_before_anything_is_played(tmp_path):
-    from companion.errors import MidiFileError
+    from midi_companion.errors import MidiFileError
 
     (tmp_path / "afile").write_text("x")
     for bad in (tmp_path / "missing" / "take.mid", tmp_path / "afile" / "take.mid", tmp_path):
@@ -102,7 +108,7 @@ def test_a_path_that_cannot_be_written_is_refused_before_anything_is_played(tmp_
 def test_a_failed_write_keeps_everything_and_the_next_flush_writes_it(tmp_path):
     import io
 
-    from companion.errors import MidiFileError
+    from midi_companion.errors import MidiFileError
 
     folder = tmp_path / "takes"
     folder.mkdir()
@@ -121,5 +127,8 @@ def test_a_failed_write_keeps_everything_and_the_next_flush_writes_it(tmp_path):
     folder.mkdir()  # it is back: everything played is written
     rec.flush()
     notes = _notes(mido.MidiFile(folder / "take.mid"))["player"]
-    assert notes == [(0, "note_on", 0, 60), (TICKS_PER_BEAT, "note_off", 0, 60),
-                     (2 * TICKS_PER_BEAT, "note_on", 0, 62)]
+    assert notes == [
+        (0, "note_on", 0, 60),
+        (TICKS_PER_BEAT, "note_off", 0, 60),
+        (2 * TICKS_PER_BEAT, "note_on", 0, 62),
+    ]

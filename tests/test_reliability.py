@@ -22,26 +22,33 @@ from pathlib import Path
 import mido
 import pytest
 
-from companion import cli, daemon, engine, ports, presets
-from companion.clock import MidiClock
-from companion.daemon import Daemon
-from companion.errors import ModelError, ProviderError
-from companion.offline import VirtualTime
-from companion.performer import Performer, SwitchPreset
-from companion.ports import OutputPort, loopback_pair
-from companion.scheduler import Scheduler
+from midi_companion import cli, daemon, engine, ports, presets
+from midi_companion.clock import MidiClock
+from midi_companion.daemon import Daemon
+from midi_companion.errors import ModelError, ProviderError
+from midi_companion.offline import VirtualTime
+from midi_companion.performer import Performer, SwitchPreset
+from midi_companion.ports import OutputPort, loopback_pair
+from midi_companion.scheduler import Scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = presets.zoo_dir()
 MS = 1_000_000
 needs_zoo = pytest.mark.skipif(
     not (ZOO / "folk.onnx").is_file() or not (ZOO / "chorale.onnx").is_file(),
-    reason="the shipped models are not in models/zoo")
+    reason="the shipped models are not in models/zoo",
+)
 
 
 def companion(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "companion", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "midi_companion", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def one_line_error(r, fragment: str) -> None:
@@ -67,8 +74,15 @@ def sounding_after(sent, until_ns=None) -> set[tuple[int, int]]:
 
 
 def note_ons(sent, channels, after_ns=0, before_ns=None):
-    return [t for t, m in sent if m[0] & 0xF0 == 0x90 and m[2] > 0 and m[0] & 0x0F in channels
-            and t >= after_ns and (before_ns is None or t < before_ns)]
+    return [
+        t
+        for t, m in sent
+        if m[0] & 0xF0 == 0x90
+        and m[2] > 0
+        and m[0] & 0x0F in channels
+        and t >= after_ns
+        and (before_ns is None or t < before_ns)
+    ]
 
 
 # ---- 1. Program Change and controls while the DAW's clock is stopped --------------------------
@@ -90,7 +104,8 @@ def test_program_change_and_controls_act_while_the_daws_clock_is_stopped():
     lo, hi = performer.preset.controls.temperature_range
     performer.handle(2, (0xB0, 1, 127))
     assert performer.mode.sampling.temperature == pytest.approx(hi), (
-        "the mod wheel ignored while stopped")
+        "the mod wheel ignored while stopped"
+    )
     sent.clear()
     performer.handle(3, (0xB0, 123, 0))  # panic
     assert (0x80, 60, 0) in sent and (0xB0, 123, 0) in sent, f"panic ignored: {sent}"
@@ -111,8 +126,16 @@ class Live:
         self.to_daemon, daemon_in = loopback_pair("player")
         self.out = out or loopback_pair("listener")[0]
         self.err = io.StringIO()
-        self.daemon = Daemon(preset, daemon_in, self.out, seed=1, quiet=quiet,
-                             status_stream=self.err, provider="cpu", **kw)
+        self.daemon = Daemon(
+            preset,
+            daemon_in,
+            self.out,
+            seed=1,
+            quiet=quiet,
+            status_stream=self.err,
+            provider="cpu",
+            **kw,
+        )
         self.failure: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="test-daemon")
         self.thread.start()
@@ -220,8 +243,7 @@ def test_an_error_mid_response_drops_it_releases_its_notes_and_the_next_is_answe
         again = time.perf_counter_ns()
         for pitch in (72, 71, 69, 67):
             live.play(pitch, 0.12)
-        second = live.wait_for(lambda t, m: t > again and m[0] == 0x90 | channel and m[2] > 0,
-                               10.0)
+        second = live.wait_for(lambda t, m: t > again and m[0] == 0x90 | channel and m[2] > 0, 10.0)
         time.sleep(1.5)  # the second answer plays out (a bar at 240 bpm)
     finally:
         live.stop()
@@ -238,8 +260,15 @@ def test_an_error_mid_response_drops_it_releases_its_notes_and_the_next_is_answe
 def test_an_error_is_told_once_in_one_line_and_its_traceback_only_with_debug(debug):
     _, daemon_in = loopback_pair("player")
     err = io.StringIO()
-    d = Daemon(presets.load("chorale"), daemon_in, loopback_pair("listener")[0], quiet=True,
-               status_stream=err, provider="cpu", debug=debug)
+    d = Daemon(
+        presets.load("chorale"),
+        daemon_in,
+        loopback_pair("listener")[0],
+        quiet=True,
+        status_stream=err,
+        provider="cpu",
+        debug=debug,
+    )
     try:
         for _ in range(3):  # the same fault again and again: told once, counted each time
             try:
@@ -301,8 +330,7 @@ def test_sends_that_start_failing_are_told_once_and_so_is_their_recovery():
 
 @pytest.mark.e2e
 @needs_zoo
-def test_a_preset_whose_model_does_not_fit_leaves_no_port_and_no_thread(jack_server,
-                                                                        tmp_path):
+def test_a_preset_whose_model_does_not_fit_leaves_no_port_and_no_thread(jack_server, tmp_path):
     preset = tmp_path / "mismatch.toml"
     preset.write_text('model = "folk"\nmode = "accompany"\n')
     args = cli.build_parser().parse_args(["run", str(preset), "--backend", "jack", "--quiet"])
@@ -318,8 +346,11 @@ def test_a_preset_whose_model_does_not_fit_leaves_no_port_and_no_thread(jack_ser
         sys.setswitchinterval(interval)
     assert not [t.name for t in threading.enumerate() if t.name == "midi-scheduler"]
     found = ports.list_ports("jack")
-    ours = [n for n in found["inputs"] + found["outputs"]
-            if ports.VIRTUAL_INPUT in n or ports.VIRTUAL_OUTPUT in n]
+    ours = [
+        n
+        for n in found["inputs"] + found["outputs"]
+        if ports.VIRTUAL_INPUT in n or ports.VIRTUAL_OUTPUT in n
+    ]
     assert not ours, f"ports left open: {ours}"
 
 
@@ -330,7 +361,7 @@ def test_a_preset_whose_model_does_not_fit_leaves_no_port_and_no_thread(jack_ser
 def folk_model():
     if not (ZOO / "folk.onnx").is_file():
         pytest.skip("no models/zoo/folk.onnx")
-    from companion import modelfile
+    from midi_companion import modelfile
 
     return modelfile.load(ZOO / "folk.onnx")
 
@@ -350,8 +381,9 @@ def test_provider_cpu_never_tries_cuda(folk_model, monkeypatch):
 def test_provider_auto_keeps_the_cpu_and_says_why(folk_model, monkeypatch):
     import onnxruntime as ort
 
-    monkeypatch.setattr(ort, "get_available_providers",
-                        lambda: [engine.CUDA, "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: [engine.CUDA, "CPUExecutionProvider"]
+    )
     eng = engine.Engine(folk_model)  # auto is the default
     assert eng.provider == "CPUExecutionProvider"
     assert "CUDA is available but not used" in eng.provider_note
@@ -362,8 +394,9 @@ def test_provider_auto_keeps_the_cpu_and_says_why(folk_model, monkeypatch):
 def test_provider_cuda_that_cannot_load_says_why(folk_model, monkeypatch):
     import onnxruntime as ort
 
-    monkeypatch.setattr(ort, "get_available_providers",
-                        lambda: [engine.CUDA, "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: [engine.CUDA, "CPUExecutionProvider"]
+    )
 
     def refused(*a, **k):
         raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version\nmore")
@@ -386,13 +419,18 @@ def test_provider_cuda_that_cannot_load_says_why(folk_model, monkeypatch):
         engine.Engine(folk_model, provider="cuda")
 
 
-@pytest.mark.skipif(engine.CUDA in __import__("onnxruntime").get_available_providers(),
-                    reason="this machine has CUDA")
-@pytest.mark.parametrize("command", [
-    ["run", "folk"],
-    ["eval", str(ZOO / "folk.onnx"), "--benchmark", "jsb"],
-    ["bench", "--only", "engine", "--markdown", "unused.md", "--json", "unused.json"],
-])
+@pytest.mark.skipif(
+    engine.CUDA in __import__("onnxruntime").get_available_providers(),
+    reason="this machine has CUDA",
+)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "folk"],
+        ["eval", str(ZOO / "folk.onnx"), "--benchmark", "jsb"],
+        ["bench", "--only", "engine", "--markdown", "unused.md", "--json", "unused.json"],
+    ],
+)
 def test_provider_cuda_without_cuda_is_one_line_exit_2(command):
     r = companion(*command, "--provider", "cuda")
     one_line_error(r, "--provider cuda: this onnxruntime has no CUDA provider")
@@ -442,19 +480,37 @@ class Events:
             if self.proc.poll() is not None and not self._reader.is_alive():
                 break
             time.sleep(0.02)
-        raise AssertionError(f"no {kind!r} event (exit code {self.proc.poll()}): "
-                             f"{self.proc.stderr.read() if self.proc.poll() is not None else ''}")
+        raise AssertionError(
+            f"no {kind!r} event (exit code {self.proc.poll()}): "
+            f"{self.proc.stderr.read() if self.proc.poll() is not None else ''}"
+        )
 
 
 @pytest.mark.e2e
 @needs_zoo
-@pytest.mark.skipif(not sys.platform.startswith("linux") or os.path.exists(ports.ALSA_SEQUENCER),
-                    reason="needs Linux without an ALSA sequencer")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.path.exists(ports.ALSA_SEQUENCER),
+    reason="needs Linux without an ALSA sequencer",
+)
 def test_without_alsa_a_running_jack_server_is_chosen_and_said(jack_server):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "companion", "run", "chorale", "--quiet", "--log-json",
-         "--provider", "cpu"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL, text=True)
+        [
+            sys.executable,
+            "-m",
+            "midi_companion",
+            "run",
+            "chorale",
+            "--quiet",
+            "--log-json",
+            "--provider",
+            "cpu",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     events = Events(proc)
     try:
         chosen = events.wait("backend", 120)
@@ -472,7 +528,7 @@ def test_without_alsa_a_running_jack_server_is_chosen_and_said(jack_server):
 
 KEYBOARD = """
 import sys, time
-from companion.ports import VIRTUAL_INPUT, open_output
+from midi_companion.ports import VIRTUAL_INPUT, open_output
 with open_output(VIRTUAL_INPUT, backend="jack", client_name="dying-keyboard") as kb:
     for p in map(int, sys.argv[1:]):
         kb.send((0x90, p, 90)); time.sleep(0.1); kb.send((0x80, p, 0)); time.sleep(0.05)
@@ -484,8 +540,8 @@ def reclaim(name: str) -> None:
     slots, in /dev/shm until reboot) stays taken, and after 8 such kills no server starts
     ("Too many servers already active"). A server started under the same name reclaims the
     slot; stopping it frees it. Then the files the dead clients left go too."""
-    from companion.errors import CompanionError
-    from companion.jack_harness import JackServer
+    from midi_companion.errors import CompanionError
+    from midi_companion.jack_harness import JackServer
 
     again = JackServer(prefix="reclaim")
     again.name = name
@@ -501,10 +557,9 @@ def reclaim(name: str) -> None:
 
 @pytest.mark.e2e
 @needs_zoo
-def test_the_jack_server_dying_ends_the_daemon_within_2_s_with_its_recording(jack_server,
-                                                                             tmp_path):
-    from companion.jack_harness import DaemonProcess, JackServer
-    from companion.recorder import FLUSH_EVERY_S
+def test_the_jack_server_dying_ends_the_daemon_within_2_s_with_its_recording(jack_server, tmp_path):
+    from midi_companion.jack_harness import DaemonProcess, JackServer
+    from midi_companion.recorder import FLUSH_EVERY_S
 
     record = tmp_path / "take.mid"
     pitches = [67, 69, 71, 72]
@@ -513,8 +568,12 @@ def test_the_jack_server_dying_ends_the_daemon_within_2_s_with_its_recording(jac
     try:
         with DaemonProcess("folk", "--record", record, "--provider", "cpu") as proc:
             proc.ready()
-            subprocess.run([sys.executable, "-c", KEYBOARD, *map(str, pitches)], cwd=ROOT,
-                           check=True, timeout=60)
+            subprocess.run(
+                [sys.executable, "-c", KEYBOARD, *map(str, pitches)],
+                cwd=ROOT,
+                check=True,
+                timeout=60,
+            )
             time.sleep(FLUSH_EVERY_S + 0.5)
             t = time.perf_counter()
             os.kill(server.proc.pid, signal.SIGKILL)

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from companion.representations.remi import Remi
-from companion.score import Note, Score, Track
+from midi_companion.representations.remi import Remi
+from midi_companion.score import Note, Score, Track
 
 miditok = pytest.importorskip("miditok")
 symusic = pytest.importorskip("symusic")

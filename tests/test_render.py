@@ -8,10 +8,10 @@ import zlib
 import numpy as np
 import pytest
 
-from companion import render
-from companion.cli import main
-from companion.errors import CompanionError
-from companion.render import (
+from midi_companion import render
+from midi_companion.cli import main
+from midi_companion.errors import CompanionError
+from midi_companion.render import (
     BACKGROUND,
     BAR_LINE,
     BEAT_LINE,
@@ -25,7 +25,7 @@ from companion.render import (
     roll_image,
     write_png,
 )
-from companion.score import Note, Score, Track
+from midi_companion.score import Note, Score, Track
 
 PPB, PPS = PX_PER_BEAT, PX_PER_SEMITONE
 
@@ -36,10 +36,10 @@ def decode_png(data: bytes) -> np.ndarray:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, kinds, idat, header = 8, [], b"", None
     while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind = data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
         assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF, kind
         kinds.append(kind)
         if kind == b"IHDR":
@@ -134,7 +134,7 @@ def test_repeated_notes_are_told_apart_by_a_darker_border():
     img = roll_image(score)
     y, _ = centre(score, img, score.tracks[0].notes[0])
     fill = np.array(PALETTE[0][1])
-    row = img[y, :2 * PPB].astype(int)
+    row = img[y, : 2 * PPB].astype(int)
     # C4 at beat 0 and again at beat 1: the columns where one ends and the next starts are
     # darker than the fill, and so is each rectangle's top and bottom
     assert (row[PPB - 1] < fill).all() and (row[PPB] < fill).all()
@@ -162,8 +162,10 @@ def test_split_dims_the_notes_before_it():
 
 @pytest.mark.parametrize("sig, bar", [((4, 4), 4.0), ((3, 4), 3.0), ((6, 8), 3.0)])
 def test_bar_lines_land_at_the_bars(sig, bar):
-    score = Score(tracks=[Track("lead", notes=[Note(0.0, 72, 0.5), Note(11.5, 72, 0.5)])],
-                  time_signatures=[(0.0, *sig)])
+    score = Score(
+        tracks=[Track("lead", notes=[Note(0.0, 72, 0.5), Note(11.5, 72, 0.5)])],
+        time_signatures=[(0.0, *sig)],
+    )
     img = roll_image(score)
     y = 2  # the top margin row: no notes there, no C line
     for b in range(0, 13):

@@ -9,11 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import on_grid, scores
 
-from companion import benchmarks, representations
-from companion.errors import RepresentationError
-from companion.representations.base import feed_score
-from companion.representations.chord import Chord
-from companion.score import Note, Score
+from midi_companion import benchmarks, representations
+from midi_companion.errors import RepresentationError
+from midi_companion.representations.base import feed_score
+from midi_companion.representations.chord import Chord
+from midi_companion.score import Note, Score
 
 C, E, G, B = 60, 64, 67, 71
 

@@ -10,11 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import on_grid, scores
 
-from companion import benchmarks, representations
-from companion.errors import RepresentationError
-from companion.representations.base import feed_score
-from companion.representations.multitrack import LPD5, SATB, MultiTrack, lpd5_family
-from companion.score import Note, Score, Track
+from midi_companion import benchmarks, representations
+from midi_companion.errors import RepresentationError
+from midi_companion.representations.base import feed_score
+from midi_companion.representations.multitrack import LPD5, SATB, MultiTrack, lpd5_family
+from midi_companion.score import Note, Score, Track
 
 LPD5_PROGRAMS = (0, 0, 24, 32, 40, 0)
 LPD5_DRUMS = (False, False, False, False, False, True)

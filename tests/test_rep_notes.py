@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from companion import representations
-from companion.errors import RepresentationError
-from companion.representations.base import feed_score, quantize, score_events
-from companion.representations.notes import Notes
-from companion.score import Note, Score, Track
+from midi_companion import representations
+from midi_companion.errors import RepresentationError
+from midi_companion.representations.base import feed_score, quantize, score_events
+from midi_companion.representations.notes import Notes
+from midi_companion.score import Note, Score, Track
 
 CHORALES = ("bwv1.6", "bwv10.7", "bwv101.7")
 TICKS = 120  # strategy time unit: 1/120 beat, so grid halves (1/24 beat) occur

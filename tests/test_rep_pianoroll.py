@@ -10,11 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import on_grid, scores
 
-from companion import benchmarks, representations
-from companion.errors import RepresentationError
-from companion.representations.base import feed_score
-from companion.representations.pianoroll import PianoRoll, transpose_frames
-from companion.score import Note, Score, Track
+from midi_companion import benchmarks, representations
+from midi_companion.errors import RepresentationError
+from midi_companion.representations.base import feed_score
+from midi_companion.representations.pianoroll import PianoRoll, transpose_frames
+from midi_companion.score import Note, Score, Track
 
 GRIDS = st.sampled_from([1.0, 0.5, 0.25, 1 / 3, 1 / 6])
 

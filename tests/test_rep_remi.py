@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from companion import representations
-from companion.errors import RepresentationError
-from companion.representations.base import feed_score, quantize, score_events
-from companion.representations.remi import Remi
-from companion.score import Note, Score, Track
+from midi_companion import representations
+from midi_companion.errors import RepresentationError
+from midi_companion.representations.base import feed_score, quantize, score_events
+from midi_companion.representations.remi import Remi
+from midi_companion.score import Note, Score, Track
 
 CHORALES = ("bwv1.6", "bwv10.7", "bwv11.6")  # the last one in 3/4
 TICKS = 120  # strategy time unit: 1/120 beat, so position halves (1/8 beat) occur

@@ -15,21 +15,31 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from companion.sampling import ascending_mask
-from models import multitrack_lstm as mt
-from models import roll_nade as rn
+from midi_companion.models import multitrack_lstm as mt
+from midi_companion.models import roll_nade as rn
+from midi_companion.sampling import ascending_mask
 
 torch.set_num_threads(1)
 
 
 def tiny(keys: int = 88, local_kernel: int = 5, seed: int = 0) -> rn.RollNade:
     torch.manual_seed(seed)
-    return rn.RollNade(keys=keys, hidden=16, layers=2, dec_hidden=12, dec_embed=8,
-                       dropout=0.0, local_kernel=local_kernel).eval()
+    return rn.RollNade(
+        keys=keys,
+        hidden=16,
+        layers=2,
+        dec_hidden=12,
+        dec_embed=8,
+        dropout=0.0,
+        local_kernel=local_kernel,
+    ).eval()
 
 
-rolls = arrays(np.uint8, st.tuples(st.integers(1, 12), st.just(88)),
-               elements=st.sampled_from([0, 0, 0, 0, 0, 0, 0, 0, 0, 1]))
+rolls = arrays(
+    np.uint8,
+    st.tuples(st.integers(1, 12), st.just(88)),
+    elements=st.sampled_from([0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+)
 
 
 @given(rolls)
@@ -38,7 +48,7 @@ def test_frame_tokens_are_ascending_keys_then_end(roll):
     for frame, row in zip(roll, toks):
         keys = np.nonzero(frame)[0]
         n = len(keys)
-        assert list(row[:n]) == list(keys) and row[n] == 88 and (row[n + 1:] == -1).all()
+        assert list(row[:n]) == list(keys) and row[n] == 88 and (row[n + 1 :] == -1).all()
     stream = rn.stream_tokens(roll)
     assert stream[0] == 88 and (stream == 88).sum() == len(roll) + 1
 
@@ -101,8 +111,7 @@ def test_the_numpy_mask_is_the_torch_mask(seed):
     for fed in streams:
         logits = rng.standard_normal((*fed.shape, P + 1)).astype(np.float32)
         want = rn.mask_logits(torch.from_numpy(logits), torch.from_numpy(fed)).numpy()
-        np.testing.assert_array_equal(np.where(ascending_mask(fed, P + 1), logits, -np.inf),
-                                      want)
+        np.testing.assert_array_equal(np.where(ascending_mask(fed, P + 1), logits, -np.inf), want)
         for tok, row in zip(fed[0], want[0]):  # one token at a time, as the voices use it
             assert np.array_equal(ascending_mask(int(tok), P + 1), np.isfinite(row))
     assert mt.mask_logits is rn.mask_logits  # the multitrack family has no other
@@ -110,15 +119,23 @@ def test_the_numpy_mask_is_the_torch_mask(seed):
 
 @pytest.mark.slow
 def test_export_parity_at_other_batch_sizes(tmp_path):
-    from companion import benchmarks
-    from export import export_checkpoint
+    from midi_companion import benchmarks
+    from midi_companion.export import export_checkpoint
 
     model = tiny()
     ckpt = tmp_path / "nade.pt"
-    torch.save({"format": "midi-companion-checkpoint/1", "family": rn.FAMILY,
-                "model_args": model.model_args, "state_dict": model.state_dict(),
-                "representation": benchmarks.representation("jsb").to_dict(),
-                "corpus": {"name": "test"}, "metrics": {}}, ckpt)
+    torch.save(
+        {
+            "format": "midi-companion-checkpoint/1",
+            "family": rn.FAMILY,
+            "model_args": model.model_args,
+            "state_dict": model.state_dict(),
+            "representation": benchmarks.representation("jsb").to_dict(),
+            "corpus": {"name": "test"},
+            "metrics": {},
+        },
+        ckpt,
+    )
     report = export_checkpoint(ckpt, tmp_path / "nade.onnx", batch_sizes=(1, 3), steps=64)
     for batch in (1, 3):
         assert report["parity"][batch]["ort_vs_torch"] <= 1e-4
@@ -145,8 +162,9 @@ def test_learned_initial_state_is_the_zero_state_of_the_step_graph():
         assert torch.allclose(logits, full[:, 0], atol=1e-5)
         # a zero-init model differs: the offsets are what frame 0 is predicted from
         zero = tiny(local_kernel=0)
-        assert not torch.allclose(rn.NadeStep(zero)(torch.tensor([[88]]),
-                                                    *step.zero_state(1))[0], logits)
+        assert not torch.allclose(
+            rn.NadeStep(zero)(torch.tensor([[88]]), *step.zero_state(1))[0], logits
+        )
         _, h2, c2, *_ = step(torch.tensor([[5]]), h, c, *step.zero_state(1)[2:])
         assert torch.equal(h2, h) and torch.equal(c2, c)  # a key leaves the frame state
 
@@ -160,8 +178,12 @@ def test_checkpoints_from_before_learn_init_load_as_before():
     assert not model.learn_init and model.model_args["learn_init"] is False
     assert not any(n.startswith("init_") for n, _ in model.named_parameters())
     ens = rn.build(rn.FAMILY, None, members=[args, {**args, "learn_init": True}])
-    ens.load_state_dict({**{f"members.0.{k}": v for k, v in sd.items()},
-                         **{f"members.1.{k}": v for k, v in old.state_dict().items()}})
+    ens.load_state_dict(
+        {
+            **{f"members.0.{k}": v for k, v in sd.items()},
+            **{f"members.1.{k}": v for k, v in old.state_dict().items()},
+        }
+    )
     assert [m["learn_init"] for m in ens.model_args["members"]] == [False, True]
 
 
@@ -170,8 +192,8 @@ def test_learned_init_trains_and_exports_with_parity(tmp_path):
     """A 2-member ensemble with learn_init trains a few steps scoring every frame (frame 0
     from the learned state), moves its offsets, and exports with parity (ORT = torch,
     step = full sequence) from the all-zero state."""
-    from companion import benchmarks
-    from export import export_checkpoint
+    from midi_companion import benchmarks
+    from midi_companion.export import export_checkpoint
 
     members = [tiny(local_kernel=k, seed=i).model_args for i, k in enumerate((0, 3))]
     torch.manual_seed(0)
@@ -190,19 +212,28 @@ def test_learned_init_trains_and_exports_with_parity(tmp_path):
         opt.step()
     assert all(float(m.init_h.detach().abs().max()) > 0 for m in model.members)
     ckpt = tmp_path / "ens.pt"
-    torch.save({"format": "midi-companion-checkpoint/1", "family": rn.FAMILY,
-                "model_args": model.model_args, "state_dict": model.state_dict(),
-                "representation": benchmarks.representation("jsb").to_dict(),
-                "corpus": {"name": "test"}, "metrics": {}}, ckpt)
-    report = export_checkpoint(ckpt, tmp_path / "ens.onnx", batch_sizes=(1, 3), steps=64,
-                               float16=True)
+    torch.save(
+        {
+            "format": "midi-companion-checkpoint/1",
+            "family": rn.FAMILY,
+            "model_args": model.model_args,
+            "state_dict": model.state_dict(),
+            "representation": benchmarks.representation("jsb").to_dict(),
+            "corpus": {"name": "test"},
+            "metrics": {},
+        },
+        ckpt,
+    )
+    report = export_checkpoint(
+        ckpt, tmp_path / "ens.onnx", batch_sizes=(1, 3), steps=64, float16=True
+    )
     for batch in (1, 3):
         assert report["parity"][batch]["ort_vs_torch"] <= 1e-4
         assert report["parity"][batch]["step_vs_full"] <= 1e-4
     args = json.loads(report["metadata"]["model_args"])
     assert [m["learn_init"] for m in args["members"]] == [True, True]
     # and the file gives its weights back (export/recover_checkpoint.py), 2-layer cells too
-    from export import recover_checkpoint
+    from midi_companion.export import recover_checkpoint
 
     back = recover_checkpoint.recover(tmp_path / "ens.onnx")
     assert back["model_args"] == args

@@ -1,12 +1,12 @@
-"""companion.rules: range, key, grid and voice-leading constraints, on cases known by hand;
+"""midi_companion.rules: range, key, grid and voice-leading constraints, on cases known by hand;
 and that the live answers obey them (the shipped models through the offline path)."""
 
 import numpy as np
 import pytest
 
-from companion import presets, rules
-from companion.representations import REGISTRY
-from companion.score import Note
+from midi_companion import presets, rules
+from midi_companion.representations import REGISTRY
+from midi_companion.score import Note
 
 
 def _events(resolution=12, max_shift=24):
@@ -16,8 +16,10 @@ def _events(resolution=12, max_shift=24):
 def test_key_of_a_c_major_scale_and_of_an_a_minor_tune():
     c_major = [Note(i, p, 1.0) for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72])]
     assert rules.key_from_profile(rules.pitch_class_profile(c_major))[:2] == (0, "major")
-    a_minor = [Note(i, p, 2.0 if p % 12 in (9, 0, 4) else 0.5)
-               for i, p in enumerate([69, 72, 76, 74, 72, 71, 69, 64, 69])]
+    a_minor = [
+        Note(i, p, 2.0 if p % 12 in (9, 0, 4) else 0.5)
+        for i, p in enumerate([69, 72, 76, 74, 72, 71, 69, 64, 69])
+    ]
     assert rules.key_from_profile(rules.pitch_class_profile(a_minor))[:2] == (9, "minor")
     assert rules.scale_pcs(7, "major") == {7, 9, 11, 0, 2, 4, 6}
 
@@ -28,9 +30,16 @@ def test_key_bias_is_zero_inside_the_key_and_minus_strength_outside():
     assert np.isinf(rules.key_bias(np.array([61]), (0, "major"), np.inf)[0])
 
 
-@pytest.mark.parametrize("name,program,expected", [
-    ("alto", 52, (52, 74)), ("Bass voice", 0, (36, 66)), ("answer", 73, (60, 96)),
-    ("answer", 0, (21, 108)), ("cello", 42, (36, 76))])
+@pytest.mark.parametrize(
+    "name,program,expected",
+    [
+        ("alto", 52, (52, 74)),
+        ("Bass voice", 0, (36, 66)),
+        ("answer", 73, (60, 96)),
+        ("answer", 0, (21, 108)),
+        ("cello", 42, (36, 76)),
+    ],
+)
 def test_default_ranges_by_voice_name_then_program(name, program, expected):
     assert rules.default_range(name, program) == expected
 
@@ -66,8 +75,7 @@ def test_events_rules_key_bias_and_scale_lock():
     mask, bias = soft.apply(dec)
     assert bias[rep.note_on_offset + 61] == -3.0 and bias[rep.note_on_offset + 62] == 0
     assert mask[rep.note_on_offset + 61]
-    lock = rules.EventsRules(rep, 0, 127, key=(0, "major"), key_strength=3.0,
-                             scale_lock=True)
+    lock = rules.EventsRules(rep, 0, 127, key=(0, "major"), key_strength=3.0, scale_lock=True)
     mask, _ = lock.apply(dec)
     assert not mask[rep.note_on_offset + 61] and mask[rep.note_on_offset + 62]
 
@@ -101,7 +109,6 @@ def test_presets_give_each_part_a_range_and_check_it(tmp_path):
     assert [t.range for t in chorale.tracks] == [(52, 74), (46, 69), (36, 66)]
     assert presets.load("folk").tracks[0].range == (60, 96)
     bad = tmp_path / "bad.toml"
-    bad.write_text('model = "folk"\nmode = "continue"\n'
-                   '[[tracks]]\nchannel = 1\nrange = [80, 60]\n')
+    bad.write_text('model = "folk"\nmode = "continue"\n[[tracks]]\nchannel = 1\nrange = [80, 60]\n')
     with pytest.raises(presets.PresetError, match=r"range must be \[low, high\]"):
         presets.load(str(bad))

@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from companion.sampling import Sampling, sample
+from midi_companion.sampling import Sampling, sample
 
 
 @given(st.lists(st.floats(-20, 20), min_size=2, max_size=40), st.data())
@@ -13,9 +13,11 @@ def test_a_masked_token_is_never_sampled(logits, data):
     mask = np.array(data.draw(st.lists(st.booleans(), min_size=x.size, max_size=x.size)))
     mask[data.draw(st.integers(0, x.size - 1))] = True
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    params = Sampling(temperature=data.draw(st.floats(0.1, 3.0)),
-                      top_k=data.draw(st.integers(0, x.size)),
-                      top_p=data.draw(st.floats(0.05, 1.0)))
+    params = Sampling(
+        temperature=data.draw(st.floats(0.1, 3.0)),
+        top_k=data.draw(st.integers(0, x.size)),
+        top_p=data.draw(st.floats(0.05, 1.0)),
+    )
     for _ in range(20):
         assert mask[sample(x, rng, params, mask)]
 
@@ -30,8 +32,9 @@ def test_top_k_and_top_p_keep_only_the_likeliest():
 def test_draws_follow_the_distribution():
     p = np.array([0.1, 0.6, 0.0, 0.3])
     rng = np.random.default_rng(1)
-    counts = np.bincount([sample(np.log(p + 1e-300), rng, Sampling()) for _ in range(6000)],
-                         minlength=4)
+    counts = np.bincount(
+        [sample(np.log(p + 1e-300), rng, Sampling()) for _ in range(6000)], minlength=4
+    )
     assert counts[2] == 0
     assert np.allclose(counts / 6000, p, atol=0.025)
 

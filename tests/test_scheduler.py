@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.ledger import all_notes_off, note_kind, note_off, note_on
-from companion.scheduler import Scheduler, SchedulerStats, configure_realtime
+from midi_companion.ledger import all_notes_off, note_kind, note_off, note_on
+from midi_companion.scheduler import Scheduler, SchedulerStats, configure_realtime
 
 MS = 1_000_000
 T0 = 1_000_000 * MS

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from companion.errors import MidiFileError
-from companion.score import (
+from midi_companion.errors import MidiFileError
+from midi_companion.score import (
     DRUM_CHANNEL,
     TICKS_PER_BEAT,
     Note,

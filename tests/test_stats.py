@@ -1,6 +1,6 @@
 """One percentile definition for every report: nearest rank."""
 
-from companion.stats import percentiles
+from midi_companion.stats import percentiles
 
 
 def test_nearest_rank():

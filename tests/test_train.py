@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from companion import cli
-from companion.errors import ConfigError
-from companion.representations import REGISTRY
-from models import data
-from models import train as T
+from midi_companion import cli
+from midi_companion.errors import ConfigError
+from midi_companion.models import data
+from midi_companion.models import train as T
+from midi_companion.representations import REGISTRY
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "models" / "configs"
@@ -164,7 +164,7 @@ def test_shard_is_disjoint_and_even():
 
 
 def test_augmentation_transposes_within_range():
-    from companion.score import Note, Score
+    from midi_companion.score import Note, Score
 
     rep = REGISTRY["notes"]()
     score = Score.from_notes([Note(i * 0.5, 60 + i, 0.5) for i in range(8)])
@@ -260,12 +260,13 @@ def test_seeds_train_members_and_save_their_ensemble(tmp_path):
     """[train] seeds: a member per seed, then one checkpoint of their ensemble, evaluated
     (a mixture of the members' distributions: never worse than the worst member), which
     exports; --resume then skips the finished members."""
-    from export.onnx_export import export_checkpoint
+    from midi_companion.export.onnx_export import export_checkpoint
 
     cfg = tiny_config(tmp_path, "roll-nade-lstm")
     ck = T.train(cfg, progress=False)
-    members = [torch.load(tmp_path / "run" / f"seed{s}" / "best.pt", weights_only=True)
-               for s in (1, 2)]
+    members = [
+        torch.load(tmp_path / "run" / f"seed{s}" / "best.pt", weights_only=True) for s in (1, 2)
+    ]
     assert members[0]["config"]["train"]["seed"] == 1
     first_weights = [next(iter(m["state_dict"].values())) for m in members]
     assert not torch.equal(*first_weights)  # different seeds, different members
@@ -283,19 +284,22 @@ def test_seeds_train_members_and_save_their_ensemble(tmp_path):
 def test_members_may_change_the_model_and_still_ensemble(tmp_path):
     """A member {seed = N, model = {...}} trains its own architecture (in its own folder);
     the ensemble holds both architectures and exports (float16 weights too)."""
-    from export.onnx_export import export_checkpoint
+    from midi_companion.export.onnx_export import export_checkpoint
 
-    cfg = tiny_config(tmp_path, "roll-nade-lstm",
-                      seeds="[1, {seed = 1, model = {dec_hidden = 24}}]")
+    cfg = tiny_config(
+        tmp_path, "roll-nade-lstm", seeds="[1, {seed = 1, model = {dec_hidden = 24}}]"
+    )
     ck = T.train(cfg, progress=False)
     wide = torch.load(tmp_path / "run" / "seed1-dec_hidden24" / "best.pt", weights_only=True)
     assert wide["model_args"]["dec_hidden"] == 24
     assert [m["dec_hidden"] for m in ck["model_args"]["members"]] == [
-        torch.load(tmp_path / "run" / "seed1" / "best.pt",
-                   weights_only=True)["model_args"]["dec_hidden"], 24]
+        torch.load(tmp_path / "run" / "seed1" / "best.pt", weights_only=True)["model_args"][
+            "dec_hidden"
+        ],
+        24,
+    ]
     full = export_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "ens.onnx")
-    half = export_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "ens16.onnx",
-                             float16=True)
+    half = export_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "ens16.onnx", float16=True)
     assert half["metadata"]["weights"] == "float16"
     assert half["bytes"] < 0.8 * full["bytes"]  # the graph itself stays (a tiny model)
 

@@ -21,11 +21,11 @@ class BuiltMode:
 def build(preset, scheduler, clock, rng, provider: str = "auto") -> BuiltMode:
     """The mode `preset` asks for (continue, accompany or jam), its models loaded and warmed
     up on `provider`, sending through `scheduler` at `clock`'s times."""
-    from companion.modelfile import load as load_model
-    from companion.modes.accompaniment import Accompaniment, Jam
-    from companion.modes.continuation import Continuation
-    from companion.output import Output
-    from companion.voices import accompanist_for, voice_for
+    from midi_companion.modelfile import load as load_model
+    from midi_companion.modes.accompaniment import Accompaniment, Jam
+    from midi_companion.modes.continuation import Continuation
+    from midi_companion.output import Output
+    from midi_companion.voices import accompanist_for, voice_for
 
     if preset.mode == "continue":
         model = load_model(preset.model)
@@ -48,6 +48,6 @@ def build(preset, scheduler, clock, rng, provider: str = "auto") -> BuiltMode:
 
 def _default_tracks(model):
     """A continue preset without [[tracks]]: one track on channel 1, named for the model."""
-    from companion.presets import TrackOut
+    from midi_companion.presets import TrackOut
 
     return [TrackOut(name=model.family, channel=1, program=0)]

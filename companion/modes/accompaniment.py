@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from companion.modes.continuation import Continuation
-from companion.output import Output
-from companion.representations.base import NoteEvent, quantize
+from midi_companion.modes.continuation import Continuation
+from midi_companion.output import Output
+from midi_companion.representations.base import NoteEvent, quantize
 
 REST_BEATS = 1.0  # harmonize: the voices hold through a rest of the lead this long
 HISTORY_STEPS = 8  # committed steps that can be taken back (lookahead + a grid step is ~2)
@@ -82,8 +82,9 @@ class Accompaniment:
             self.last_off = beat
         if self.harmonize and self.active:
             # a step committed ahead with this note in it, not sounding yet: generate it again
-            entry = next((c for c in self.history
-                          if c.step * self.grid >= beat and pitch in c.lead), None)
+            entry = next(
+                (c for c in self.history if c.step * self.grid >= beat and pitch in c.lead), None
+            )
             if entry is not None:
                 self._take_back(entry, entry.step * self.grid)
 
@@ -114,8 +115,9 @@ class Accompaniment:
         beat, asap = (step * self.grid, False) if at is None else (at, True)
         # each voice is sent as soon as it is sampled: the alto sounds before the bass is
         # generated, which is what an answer's latency is made of
-        self.acc.step(lead, self.rng, rows,
-                      on_row=lambda k, new: self._play_row(k, new, beat, asap))
+        self.acc.step(
+            lead, self.rng, rows, on_row=lambda k, new: self._play_row(k, new, beat, asap)
+        )
         self.next_step = step + 1
 
     def _committed(self, step: int) -> _Committed | None:
@@ -189,8 +191,12 @@ class Jam:
         self.solo.end_phrase(beat)
 
     def tick(self, now, horizon):
-        if (self.acc.active and self.acc.last_input is not None and not self.acc.sounding
-                and now - self.acc.last_input >= self.solo.timing.silence_beats):
+        if (
+            self.acc.active
+            and self.acc.last_input is not None
+            and not self.acc.sounding
+            and now - self.acc.last_input >= self.solo.timing.silence_beats
+        ):
             self._to_solo(now)
         self.acc.tick(now, horizon)
         self.solo.tick(now, horizon)

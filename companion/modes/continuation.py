@@ -12,10 +12,10 @@ import math
 
 import numpy as np
 
-from companion import rules
-from companion.representations.base import NoteEvent
-from companion.sampling import Sampling
-from companion.score import Note
+from midi_companion import rules
+from midi_companion.representations.base import NoteEvent
+from midi_companion.sampling import Sampling
+from midi_companion.score import Note
 
 CONTEXT_BARS = 8  # the phrase context the model sees; bounds priming time
 MAX_TOKENS_PER_TICK = 512  # a model that never advances time cannot stall the loop
@@ -32,8 +32,10 @@ def encode_phrase(rep, notes: list[Note], origin: float, start: float) -> list:
     """The tokens of a phrase, times from `origin`, then the silence up to `start`. An event
     past `start` (a release a hair after the beat the answer snapped to) is read at it."""
     enc = rep.stream_encoder()
-    events = sorted([(min(n.onset, start) - origin, 1, n.pitch, n.velocity) for n in notes]
-                    + [(min(n.end, start) - origin, 0, n.pitch, 0) for n in notes])
+    events = sorted(
+        [(min(n.onset, start) - origin, 1, n.pitch, n.velocity) for n in notes]
+        + [(min(n.end, start) - origin, 0, n.pitch, 0) for n in notes]
+    )
     tokens: list = []
     for beat, is_on, pitch, vel in events:
         tokens += enc.note_on(beat, pitch, vel) if is_on else enc.note_off(beat, pitch)
@@ -43,8 +45,9 @@ def encode_phrase(rep, notes: list[Note], origin: float, start: float) -> list:
 class Response:
     """One answer being generated: decoder state, its place in time, notes left open."""
 
-    def __init__(self, voice, rep, start: float, end: float, shift: float, decoder, track: int,
-                 rules=None):
+    def __init__(
+        self, voice, rep, start: float, end: float, shift: float, decoder, track: int, rules=None
+    ):
         self.voice, self.rep, self.decoder, self.rules = voice, rep, decoder, rules
         self.start, self.end, self.shift, self.track = start, end, shift, track
         self.open: set[int] = set()
@@ -96,8 +99,9 @@ class Continuation:
         self.output = output
         self.rng = rng
         self.track = track
-        self.sampling = Sampling(preset.sampling.temperature, preset.sampling.top_k,
-                                 preset.sampling.top_p)
+        self.sampling = Sampling(
+            preset.sampling.temperature, preset.sampling.top_k, preset.sampling.top_p
+        )
         self.scale_lock = preset.sampling.scale_lock
         self.phrase: list[Note] = []
         self.held: dict[int, tuple[float, int]] = {}
@@ -142,8 +146,12 @@ class Continuation:
     def tick(self, now: float, horizon: float) -> None:
         """Called often (every few ms): start a response when the phrase has ended, and
         generate the running one up to `horizon` beats."""
-        if (self.response is None and self.phrase and not self.held
-                and now - self.last_input >= self.timing.silence_beats):
+        if (
+            self.response is None
+            and self.phrase
+            and not self.held
+            and now - self.last_input >= self.timing.silence_beats
+        ):
             self.respond(now)
         if self.response is not None:
             self.output.play(self.response.generate(horizon, self.rng, self.sampling))
@@ -167,8 +175,9 @@ class Continuation:
         # model plays before `start` is not heard).
         shift = origin
         end = start + self.timing.bars * bpb
-        self.response = Response(self.voice, self.rep, start, end, shift, decoder, self.track,
-                                 self._rules(notes))
+        self.response = Response(
+            self.voice, self.rep, start, end, shift, decoder, self.track, self._rules(notes)
+        )
         self.responses += 1
         self.phrase = []
 
@@ -179,9 +188,15 @@ class Continuation:
         tracks = self.output.tracks
         low, high = tracks[min(self.track, len(tracks) - 1)].range
         key = rules.key_from_profile(rules.pitch_class_profile(notes))[:2]
-        return rules.EventsRules(self.rep, low, high, key, self.preset.sampling.key_strength,
-                                 self.scale_lock, rules.phrase_grid(notes,
-                                                                    self.rep.steps_per_beat))
+        return rules.EventsRules(
+            self.rep,
+            low,
+            high,
+            key,
+            self.preset.sampling.key_strength,
+            self.scale_lock,
+            rules.phrase_grid(notes, self.rep.steps_per_beat),
+        )
 
     @property
     def idle(self) -> bool:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from companion.errors import RepresentationError
-from companion.representations.base import Representation
-from companion.representations.chord import Chord
-from companion.representations.events import Events
-from companion.representations.multitrack import MultiTrack
-from companion.representations.notes import Notes
-from companion.representations.pianoroll import PianoRoll
-from companion.representations.remi import Remi
+from midi_companion.errors import RepresentationError
+from midi_companion.representations.base import Representation
+from midi_companion.representations.chord import Chord
+from midi_companion.representations.events import Events
+from midi_companion.representations.multitrack import MultiTrack
+from midi_companion.representations.notes import Notes
+from midi_companion.representations.pianoroll import PianoRoll
+from midi_companion.representations.remi import Remi
 
 REGISTRY: dict[str, type[Representation]] = {}
 REGISTRY[PianoRoll.name] = PianoRoll
@@ -30,6 +30,5 @@ def from_dict(data: dict[str, Any]) -> Representation:
     """Rebuild a representation (params and vocabulary) from ``rep.to_dict()``."""
     name = data.get("name") if isinstance(data, dict) else None
     if name not in REGISTRY:
-        raise RepresentationError(
-            f"unknown representation {name!r}; known: {sorted(REGISTRY)}")
+        raise RepresentationError(f"unknown representation {name!r}; known: {sorted(REGISTRY)}")
     return REGISTRY[name].from_dict(data)

@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from companion.errors import RepresentationError
-from companion.score import Note, Score, Track
+from midi_companion.errors import RepresentationError
+from midi_companion.score import Note, Score, Track
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ class Params:
         unknown = set(data) - known
         if unknown:
             raise RepresentationError(
-                f"{cls.__name__}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+                f"{cls.__name__}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}"
+            )
         # JSON turns tuples into lists; fields declared as tuples get them back.
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
@@ -72,12 +73,10 @@ class StreamEncoder(ABC):
     """Live notes in (times in beats, non-decreasing), tokens out as soon as they are final."""
 
     @abstractmethod
-    def note_on(self, beat: float, pitch: int, velocity: int, track: int = 0) -> list:
-        ...
+    def note_on(self, beat: float, pitch: int, velocity: int, track: int = 0) -> list: ...
 
     @abstractmethod
-    def note_off(self, beat: float, pitch: int, track: int = 0) -> list:
-        ...
+    def note_off(self, beat: float, pitch: int, track: int = 0) -> list: ...
 
     @abstractmethod
     def advance(self, beat: float) -> list:
@@ -92,8 +91,7 @@ class StreamDecoder(ABC):
     """Generated tokens in, timed NoteEvents out as they come."""
 
     @abstractmethod
-    def feed(self, token) -> list[NoteEvent]:
-        ...
+    def feed(self, token) -> list[NoteEvent]: ...
 
     @abstractmethod
     def flush(self) -> list[NoteEvent]:
@@ -128,7 +126,8 @@ class Representation(ABC):
         if not isinstance(params, self.params_cls):
             raise RepresentationError(
                 f"{self.name}: params must be {self.params_cls.__name__} "
-                f"(received {type(params).__name__})")
+                f"(received {type(params).__name__})"
+            )
         self.params = params
 
     # ---- vocabulary ------------------------------------------------------------------
@@ -147,8 +146,7 @@ class Representation(ABC):
 
     # ---- serialization ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "params": self.params.to_dict(),
-                "vocab": self.vocab_to_json()}
+        return {"name": self.name, "params": self.params.to_dict(), "vocab": self.vocab_to_json()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
@@ -157,7 +155,8 @@ class Representation(ABC):
     def from_dict(cls, data: dict[str, Any]) -> Representation:
         if data.get("name") != cls.name:
             raise RepresentationError(
-                f"expected representation {cls.name!r} (received {data.get('name')!r})")
+                f"expected representation {cls.name!r} (received {data.get('name')!r})"
+            )
         rep = cls(cls.params_cls.from_dict(data.get("params") or {}))
         rep.load_vocab(data.get("vocab"))
         return rep
@@ -195,8 +194,7 @@ class Representation(ABC):
 
     # ---- live ------------------------------------------------------------------------
     @abstractmethod
-    def stream_encoder(self) -> StreamEncoder:
-        ...
+    def stream_encoder(self) -> StreamEncoder: ...
 
     @abstractmethod
     def stream_decoder(self, start: float = 0.0) -> StreamDecoder:
@@ -221,8 +219,11 @@ def feed_score(encoder: StreamEncoder, score: Score) -> list:
     """Drive a stream encoder with a whole score as a live player would; return all tokens."""
     out: list = []
     for beat, kind, pitch, vel, track in score_events(score):
-        out.extend(encoder.note_on(beat, pitch, vel, track) if kind
-                   else encoder.note_off(beat, pitch, track))
+        out.extend(
+            encoder.note_on(beat, pitch, vel, track)
+            if kind
+            else encoder.note_off(beat, pitch, track)
+        )
     out.extend(encoder.flush())
     return out
 
@@ -240,8 +241,9 @@ def events_to_score(events: list[NoteEvent], track_names: list[str]) -> Score:
         elif open_.get(key):
             on = open_[key].pop(0)
             if ev.beat > on.beat:
-                tracks[ev.track].notes.append(Note(on.beat, on.pitch, ev.beat - on.beat,
-                                                   on.velocity))
+                tracks[ev.track].notes.append(
+                    Note(on.beat, on.pitch, ev.beat - on.beat, on.velocity)
+                )
     for t in tracks:
         t.notes.sort()
     return Score(tracks=tracks)

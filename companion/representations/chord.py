@@ -20,21 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from companion.errors import RepresentationError
-from companion.representations.base import (
+from midi_companion.errors import RepresentationError
+from midi_companion.representations.base import (
     NoteEvent,
     Params,
     Representation,
     StreamDecoder,
 )
-from companion.representations.pianoroll import (
+from midi_companion.representations.pianoroll import (
     PianoRoll,
     RollDecoder,
     RollEncoder,
     check_grid,
     check_velocity,
 )
-from companion.score import Score
+from midi_companion.score import Score
 
 PitchSet = tuple[int, ...]
 

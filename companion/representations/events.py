@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from companion.errors import RepresentationError
-from companion.representations.base import (
+from midi_companion.errors import RepresentationError
+from midi_companion.representations.base import (
     NoteEvent,
     Params,
     Representation,
@@ -42,7 +42,7 @@ from companion.representations.base import (
     StreamEncoder,
     quantize,
 )
-from companion.score import Score
+from midi_companion.score import Score
 
 N_PITCHES = 128
 
@@ -144,7 +144,7 @@ class Events(Representation):
     def token_steps(self) -> np.ndarray:
         """TimeShift_k moves time k steps; every other token none."""
         steps = np.zeros(self.vocab_size, dtype=np.int64)
-        steps[self.shift_offset:self.velocity_offset] = np.arange(1, self.params.max_shift + 1)
+        steps[self.shift_offset : self.velocity_offset] = np.arange(1, self.params.max_shift + 1)
         return steps
 
     def velocity_bin(self, velocity: int) -> int:

@@ -34,9 +34,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from companion.errors import RepresentationError
-from companion.representations.base import Params, Representation
-from companion.representations.pianoroll import (
+from midi_companion.errors import RepresentationError
+from midi_companion.representations.base import Params, Representation
+from midi_companion.representations.pianoroll import (
     Layout,
     RollDecoder,
     RollEncoder,
@@ -46,7 +46,7 @@ from companion.representations.pianoroll import (
     render,
     transpose_frames,
 )
-from companion.score import Score, Track
+from midi_companion.score import Score, Track
 
 SATB = ("soprano", "alto", "tenor", "bass")
 LPD5 = ("lead", "piano", "guitar", "bass", "strings", "drums")

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from companion.errors import RepresentationError
-from companion.representations.base import (
+from midi_companion.errors import RepresentationError
+from midi_companion.representations.base import (
     NoteEvent,
     Params,
     Representation,
@@ -38,8 +38,8 @@ from companion.representations.base import (
     StreamEncoder,
     quantize,
 )
-from companion.representations.events import N_PITCHES, check_int, check_pitch
-from companion.score import Score
+from midi_companion.representations.events import N_PITCHES, check_int, check_pitch
+from midi_companion.score import Score
 
 FIELD_NAMES = ("Pitch", "Step", "Duration")
 

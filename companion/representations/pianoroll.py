@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from companion.errors import RepresentationError
-from companion.representations.base import (
+from midi_companion.errors import RepresentationError
+from midi_companion.representations.base import (
     NoteEvent,
     Params,
     Representation,
@@ -35,7 +35,7 @@ from companion.representations.base import (
     StreamEncoder,
     quantize,
 )
-from companion.score import Score
+from midi_companion.score import Score
 
 #: frame width (keys) -> lowest MIDI pitch of the range
 KEY_RANGES = {128: 0, 88: 21}

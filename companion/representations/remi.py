@@ -41,8 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from companion.errors import RepresentationError
-from companion.representations.base import (
+from midi_companion.errors import RepresentationError
+from midi_companion.representations.base import (
     NoteEvent,
     Params,
     Representation,
@@ -51,13 +51,13 @@ from companion.representations.base import (
     events_to_score,
     quantize,
 )
-from companion.representations.events import (
+from midi_companion.representations.events import (
     check_int,
     check_pitch,
     nearest,
     velocity_table,
 )
-from companion.score import DEFAULT_BPM, Score
+from midi_companion.score import DEFAULT_BPM, Score
 
 TimeSignature = tuple[int, int]
 
