@@ -1,6 +1,8 @@
 """Offline performance: a MIDI file played into the same Performer as the live daemon, on a
 virtual clock. `companion continue` and `companion accompany` are this, so what they write
-is what the daemon would have played, deterministically for a seed.
+is what the daemon would have played, deterministically for a seed: in continue mode every
+phrase that ends in `silence_beats` of silence is answered (and a phrase that comes while
+an answer plays interrupts it, as live), and the file's end answers the last phrase.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from midi_companion.scheduler import Scheduler
 from midi_companion.score import DRUM_CHANNEL, Note, Score, Track
 
 TICK_NS = 5_000_000  # the live loop ticks at least this often; so does the virtual one
-NEVER = 1e9  # silence_beats while the file plays: the file's end is the phrase end
+NEVER = 1e9  # silence_beats with one_phrase: the file's end is the only phrase end
 
 
 class VirtualTime:
@@ -36,15 +38,18 @@ def perform(
     bars: int | None = None,
     provider: str = "cpu",
     source: str = "the input",
+    one_phrase: bool = False,
 ) -> Score:
     """Play `score` (all tracks as the player's part) into `preset`; return the player's
     parts as they came (`input_parts`, each on a channel of its own: see `place_parts`),
     then one track per generated part, on the preset's channels. CompanionError naming
-    `source` (the input file) when the parts and the preset need more than 16 channels."""
+    `source` (the input file) when the parts and the preset need more than 16 channels.
+    `one_phrase`: the whole file is one phrase, answered at its end whatever silences it
+    holds (the quality report's prompts, cut from real pieces)."""
     parts = place_parts(input_parts(score), [c - 1 for c in preset.channels], source)
     if bars is not None:
         preset = replace(preset, timing=replace(preset.timing, bars=bars))
-    if preset.mode == "continue":
+    if preset.mode == "continue" and one_phrase:
         preset = replace(preset, timing=replace(preset.timing, silence_beats=NEVER))
     now = VirtualTime()
     clock = InternalClock(bpm=score.bpm, beats_per_bar=preset.timing.beats_per_bar, now_ns=now)

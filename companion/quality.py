@@ -114,7 +114,7 @@ def continuation_runs(preset, scores: list[Score], seeds: list[int]) -> list[Run
         real = _cut(notes, start, start + bars * preset.timing.beats_per_bar)
         key = metrics.estimate_key(prompt)[:2]
         for seed in seeds:
-            out = perform(preset, pscore, seed=seed)
+            out = perform(preset, pscore, seed=seed, one_phrase=True)
             runs.append(Run(prompt, sorted(out.tracks[-1].notes), real, start, key))
     return runs
 

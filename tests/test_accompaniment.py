@@ -162,9 +162,9 @@ def test_a_second_lead_note_in_the_same_step_is_harmonized_again():
     stage.play_until(4.0)
     stage.finish()
     assert _balanced(stage.sent)
-    assert stage.ons(_voices(preset), stage.at(2.02), stage.at(2.02) + TICK_NS + 1) or stage.ons(
-        _voices(preset), stage.at(2.0), stage.at(2.0) + TICK_NS + 1
-    )
+    # the first note-on was answered at once, and the second one answered again
+    assert stage.ons(_voices(preset), stage.at(2.0), stage.at(2.0) + TICK_NS + 1)
+    assert stage.ons(_voices(preset), stage.at(2.02), stage.at(2.02) + TICK_NS + 1)
 
 
 def test_plain_accompaniment_plays_on_the_grid_and_is_deterministic():
@@ -233,7 +233,7 @@ MISMATCHES = {
     "two-tracks": (
         'model = "chorale"\nmode = "accompany"\n'
         '[[tracks]]\nname = "a"\nchannel = 2\n[[tracks]]\nname = "b"\nchannel = 3\n',
-        "3",
+        "lists 2 track(s) but chorale.onnx generates 3 (alto, tenor, bass)",
     ),
 }
 

@@ -284,4 +284,5 @@ def test_collections_resolve_to_files_in_music21():
     assert mozart and not any("k545" in p.parts for p in mozart)
     bach = corpora._collection_files("bach")
     assert not any(p.suffix == ".krn" for p in bach)  # the .mxl of the same chorale is kept
-    assert len(bach) == 410
+    stems = [p.with_suffix("") for p in bach]
+    assert len(set(stems)) == len(stems)  # one file per chorale, whatever the music21 version

@@ -181,8 +181,9 @@ def test_exported_model_plays_without_torch(exported, family):
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
-    fam, protocol, n, _notes = r.stdout.split()
-    assert fam == family and protocol == PROTOCOL.get(family, "token-step") and int(n) > 0
+    fam, protocol, _steps, notes = r.stdout.split()
+    assert fam == family and protocol == PROTOCOL.get(family, "token-step")
+    assert int(notes) > 0  # what it sampled decodes to music
 
 
 @pytest.mark.slow

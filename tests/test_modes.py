@@ -124,9 +124,12 @@ def test_new_input_interrupts_or_overlaps_the_response(tmp_path, token_model):
         preset = replace(preset, timing=replace(preset.timing, silence_beats=1.0))
         out = perform(preset, score, seed=3)
         answer = out.tracks[1].notes
-        if on_input == "interrupt":
-            assert all(n.onset <= 6.0 + 1e-6 for n in answer if n.onset < 7.0)
-            assert all(n.end <= 6.0 + 1e-6 for n in answer if n.onset < 6.0)
+        assert any(n.onset < 6.0 for n in answer), on_input  # answered before the 2nd phrase
+        sounding_on = [n for n in answer if n.onset < 8.0 and n.end > 6.0 + 1e-6]
+        if on_input == "interrupt":  # cut at the second phrase: nothing sounds in [6, 8)
+            assert sounding_on == []
+        else:  # the answer plays on under the second phrase
+            assert sounding_on
         assert pairs_ok(out)
 
 

@@ -166,3 +166,19 @@ def test_the_summary_counts_the_generated_tracks_only(
         f"wrote {out}: {4 * input_parts} input notes, {sum(generated)} generated "
         f"on {n_tracks} track(s)"
     )
+
+
+def test_continue_answers_every_phrase_as_live_does(tmp_path):
+    """Two phrases with a long rest between: the first is answered in the rest (and that
+    answer stops where the second phrase comes in), the second at the file's end."""
+    first = [Note(float(b), 67 + b % 3, 1.0, 80) for b in range(4)]
+    second = [Note(16.0 + b, 72 - b % 3, 1.0, 80) for b in range(4)]
+    path = tmp_path / "two.mid"
+    Score(tracks=[Track(name="me", program=73, channel=0, notes=first + second)]).to_midi(path)
+    out = tmp_path / "answers.mid"
+    assert cli.main(["continue", "folk", str(path), "-o", str(out), "--seed", "1"]) == 0
+    answer = Score.from_midi(out).tracks[-1].notes
+    in_the_rest = [n for n in answer if 4.0 < n.onset < 16.0]
+    after = [n for n in answer if n.onset >= 20.0]
+    assert in_the_rest and after
+    assert all(n.onset + n.duration <= 16.0 + 1e-6 for n in in_the_rest)
