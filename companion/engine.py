@@ -119,6 +119,7 @@ class Engine:
         self.batch = batch
         self._outputs = [o.name for o in self.session.get_outputs()]
         self.state: dict[str, np.ndarray] = {}
+        self._batch_axis = {st.name: list(st.shape).index("B") for st in model.state}
         self.step_ms: list[float] = []
         self.reset()
 
@@ -140,6 +141,32 @@ class Engine:
         if len(self.step_ms) > 4096:
             del self.step_ms[:2048]
         return result
+
+    def run(
+        self, feeds: dict[str, np.ndarray], state: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """One step from a given `state` (any batch size), leaving the engine's own alone:
+        (every output by name, the state after it). Speculation runs on this."""
+        outs = self.session.run(self._outputs, {**feeds, **state})
+        result = dict(zip(self._outputs, outs))
+        return result, {name: result[f"{name}_out"] for name in state}
+
+    def tile(self, snap: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """A batch-1 state repeated `n` times along each tensor's batch axis."""
+        return {k: np.repeat(v, n, axis=self._batch_axis[k]) for k, v in snap.items()}
+
+    def take(self, state: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+        """Member `i` of a batched state, as a batch-1 state."""
+        return {k: np.take(v, [i], axis=self._batch_axis[k]) for k, v in state.items()}
+
+    def where(self, keep: np.ndarray, new: dict, old: dict) -> dict[str, np.ndarray]:
+        """Per batch member: `new` where `keep` (bool [B]) is true, else `old`."""
+        out = {}
+        for k, v in new.items():
+            shape = [1] * v.ndim
+            shape[self._batch_axis[k]] = -1
+            out[k] = np.where(keep.reshape(shape), v, old[k])
+        return out
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """The state now (arrays are replaced, never mutated, so no copy is needed)."""

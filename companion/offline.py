@@ -39,6 +39,7 @@ def perform(
     provider: str = "cpu",
     source: str = "the input",
     one_phrase: bool = False,
+    speculate: bool = False,
 ) -> Score:
     """Play `score` (all tracks as the player's part) into `preset`; return the player's
     parts as they came (`input_parts`, each on a channel of its own: see `place_parts`),
@@ -58,7 +59,11 @@ def perform(
     scheduler = Scheduler(
         lambda m: sent.append((now.ns, tuple(m))), now_ns=now, tolerance_ns=10**15
     )  # virtual time is never late
-    performer = Performer(preset, scheduler, clock, seed=seed, provider=provider)
+    # no speculation: it changes no note (each step samples from its own generator), only
+    # how early each is known, and here nobody waits
+    performer = Performer(
+        preset, scheduler, clock, seed=seed, provider=provider, speculate=speculate
+    )
     inputs = _input_messages(score, clock)
     end = clock.time_at(score.end)
     i, played = 0, False

@@ -33,13 +33,23 @@ class Performer:
     """Plays one preset. `handle(t_ns, msg)` for each incoming message, `tick(now_ns)` often."""
 
     def __init__(
-        self, preset: Preset, scheduler, clock, seed: int | None = None, provider: str = "auto"
+        self,
+        preset: Preset,
+        scheduler,
+        clock,
+        seed: int | None = None,
+        provider: str = "auto",
+        speculate: bool = True,
     ):
+        """`speculate`: harmonize computes ahead in idle moments (live); the offline
+        commands turn it off, since it changes no note, only when each is known."""
         self.preset = preset
         self.scheduler = scheduler
         self.clock = clock
         self.notes_in = 0
-        built = modes.build(preset, scheduler, clock, np.random.default_rng(seed), provider)
+        built = modes.build(
+            preset, scheduler, clock, np.random.default_rng(seed), provider, speculate
+        )
         self.mode, self.outputs, self.engines = built.mode, built.outputs, built.engines
         self._sustain = False
 

@@ -8,6 +8,9 @@ the driver; the representation's decoder supplies the grammar mask.
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
 import numpy as np
 
 from midi_companion import rules
@@ -104,6 +107,12 @@ class LatentVoice(TokenVoice):
         z = np.asarray(z, dtype=np.float32).reshape(1, -1)
         self.engine.state["z"] = np.repeat(z, self.engine.batch, axis=0)
         self.latent = z[0]
+
+    def steer_latent(self, z) -> None:
+        """Set the z the decoder reads from the next step on, keeping `latent` (the phrase's):
+        the bridge mode moves it while the answer plays (companion/modes/bridge.py)."""
+        z = np.asarray(z, dtype=np.float32).reshape(1, -1)
+        self.engine.state["z"] = np.repeat(z, self.engine.batch, axis=0)
 
     def prime(self, tokens) -> None:
         tokens = [int(t) for t in tokens]
@@ -229,6 +238,22 @@ class NadeVoice(Voice):
         return np.zeros(self.keys, dtype=np.uint8)
 
 
+@dataclass
+class Speculation:
+    """A step computed ahead for several candidate leads (Accompanist.speculate): from
+    `base` (the snapshot it started from), member i played `rows[i]` under `leads[i]`."""
+
+    base: tuple
+    leads: list[frozenset[int]]
+    rows: list[list[set[int]]]
+    state: dict  # batched engine state after the step
+    logits: list
+    results: list  # (rows, profile, voices) per member
+
+    def find(self, lead: frozenset[int]) -> int | None:
+        return next((i for i, c in enumerate(self.leads) if c == lead), None)
+
+
 class Accompanist(Voice):
     """multitrack-step: each grid step is BEGIN, the lead's keys, END, then every
     accompaniment row's keys ascending, each row closed by END (models/multitrack_lstm.py).
@@ -288,28 +313,109 @@ class Accompanist(Voice):
         given `rows`, those rows fed in instead of sampled (the voices held or silenced by
         the mode), so the model knows what sounds. `on_row(k, pitches)` is called as each
         row is done, before the next is generated."""
-        self._step(self.begin)
+        program = self._program(lead, rng, rows, self.profile, self.prev)
+        msg = next(program)
+        try:
+            while True:
+                if msg[0] == "feed":
+                    self._step(msg[1])
+                    msg = program.send(self.logits)
+                else:
+                    if on_row is not None:
+                        on_row(msg[1], msg[2])
+                    msg = program.send(None)
+        except StopIteration as done:
+            played, self.profile, self.prev = done.value
+        return played
+
+    def speculate(self, snap, leads: list[frozenset[int]], rng) -> Speculation:
+        """`speculation(...)` run to its end."""
+        job = self.speculation(snap, leads, rng)
+        while True:
+            try:
+                next(job)
+            except StopIteration as done:
+                return done.value
+
+    def speculation(self, snap, leads: list[frozenset[int]], rng):
+        """The step `step(lead, rng)` would play from the state `snap` (a `snapshot()`), for
+        every lead in `leads` at once: one batched model call per token position, so a
+        note-on whose lead is among them is answered by a lookup (`adopt`). Members that
+        have finished are fed END and keep their state. A generator that yields after each
+        model call (the caller spreads the work over idle moments) and returns the
+        Speculation."""
+        state0, _, profile, prev = snap
+        n = len(leads)
+        # every member draws from its own copy of `rng`: what it samples is what step()
+        # would with that generator
+        programs = [self._program(lead, copy.deepcopy(rng), None, profile, prev) for lead in leads]
+        pending = [next(p) for p in programs]
+        results: list = [None] * n
+        logits = [None] * n
+        state = self.engine.tile(state0, n)
+
+        def advance(i, value):
+            try:
+                pending[i] = programs[i].send(value)
+            except StopIteration as done:
+                results[i] = done.value
+
+        while True:
+            for i in range(n):  # past the "row" notices: only feeds need the model
+                while results[i] is None and pending[i][0] == "row":
+                    advance(i, None)
+            active = np.array([r is None for r in results])
+            if not active.any():
+                break
+            tokens = [pending[i][1] if active[i] else self.end for i in range(n)]
+            out, new = self.engine.run({"token": np.array(tokens, np.int64)[:, None]}, state)
+            state = self.engine.where(active, new, state)
+            for i in np.flatnonzero(active):
+                logits[i] = out["logits"][i]
+                advance(i, logits[i])
+            yield
+        return Speculation(snap, list(leads), [r[0] for r in results], state, logits, results)
+
+    def adopt(self, spec: Speculation, i: int) -> list[set[int]]:
+        """Take member `i` of a speculation as this step: the model's state, the key
+        profile and the voices become what `step` would have left; returns its rows."""
+        self.engine.restore(self.engine.take(spec.state, i))
+        self.logits = spec.logits[i]
+        rows, self.profile, self.prev = spec.results[i]
+        return rows
+
+    def lead_candidates(self, snap, k: int) -> list[int]:
+        """The `k` lead pitches the model finds likeliest after the state `snap` (its lead
+        keys' logits after BEGIN): what speculation computes ahead."""
+        out, _ = self.engine.run({"token": np.array([[self.begin]], np.int64)}, snap[0])
+        keys = out["logits"][0][: self.keys]
+        return [int(x) + self.low for x in np.argsort(-keys)[:k]]
+
+    def _program(self, lead, rng, rows, profile, prev):
+        """The step as a coroutine: yields ("feed", token) and is sent the logits after it,
+        yields ("row", k, pitches) when row k is decided (is sent None), and returns
+        (rows, profile, voices) as they are after the step. `step` drives one; `speculate`
+        drives many side by side."""
+        logits = yield ("feed", self.begin)
         for k in self._keys(lead):
-            self._step(k)
-        self._step(self.end)
+            logits = yield ("feed", k)
+        logits = yield ("feed", self.end)
         top = max(lead) if lead else None
         if top is not None:
-            self.profile = self.profile.copy()
+            profile = profile.copy()
             for p in set(lead):
-                self.profile[p % 12] += 1
+                profile[p % 12] += 1
         if rows is not None:
             played = []
             for i, row in enumerate(rows):
                 keys = self._keys(row)
                 for k in keys:
-                    self._step(k)
-                self._step(self.end)
+                    logits = yield ("feed", k)
+                logits = yield ("feed", self.end)
                 played.append({k + self.low for k in keys})
-                if on_row is not None:
-                    on_row(i, played[-1])
-            self._remember(top, played)
-            return played
-        key = rules.key_from_profile(self.profile)[:2] if self.profile.any() else None
+                yield ("row", i, played[-1])
+            return played, profile, self._voices(top, played)
+        key = rules.key_from_profile(profile)[:2] if profile.any() else None
         strength = np.inf if self.scale_lock else self.key_strength
         kb = rules.key_bias(self.pitches, key, strength)
         bias = np.append(np.where(np.isfinite(kb), kb, 0.0), 0.0)  # END: no bias
@@ -320,12 +426,12 @@ class Accompanist(Voice):
             tok = self.end  # a row starts after the END of the row before it
             fits = np.append(self.in_range[i], True) & in_key
             if self.one_per_row:
-                fits &= self._voice_leading(i, top, sampled)
+                fits &= self._voice_leading(i, top, sampled, prev)
             while True:
                 allowed = ascending_mask(tok, self.keys + 1)
                 mask = allowed & fits
                 tok = sample(
-                    self.logits[: self.keys + 1],
+                    logits[: self.keys + 1],
                     rng,
                     self.sampling,
                     mask if mask.any() else allowed,
@@ -333,30 +439,31 @@ class Accompanist(Voice):
                 )
                 if tok != self.end:
                     row.add(tok + self.low)
-                if self.one_per_row and on_row is not None:
-                    on_row(i, row)  # one voice per row: decided by its first token already
-                self._step(tok)
+                if self.one_per_row:
+                    yield ("row", i, row)  # one voice per row: decided by its first token
+                logits = yield ("feed", tok)
                 if tok == self.end:
                     break
                 if self.one_per_row:
-                    self._step(self.end)  # the only token allowed after a voice's key
+                    logits = yield ("feed", self.end)  # the only token after a voice's key
                     break
             sampled.append(row)
-            if on_row is not None and not self.one_per_row:
-                on_row(i, row)
-        self._remember(top, sampled)
-        return sampled
+            if not self.one_per_row:
+                yield ("row", i, row)
+        return sampled, profile, self._voices(top, sampled)
 
-    def _voice_leading(self, i: int, top: int | None, sampled: list[set[int]]) -> np.ndarray:
+    def _voice_leading(self, i: int, top: int | None, sampled: list[set[int]], prev) -> np.ndarray:
         """Keys (and END) row i may take given the voices above it at this step."""
         now = [top] + [max(r) if r else None for r in sampled]  # soprano, rows above i
-        decided = list(zip(self.prev[: i + 1], now))
+        decided = list(zip(prev[: i + 1], now))
         above = next((p for p in reversed(now) if p is not None), None)
-        ok = rules.voice_leading_mask(self.pitches, self.prev[i + 1], decided, above)
+        ok = rules.voice_leading_mask(self.pitches, prev[i + 1], decided, above)
         return np.append(ok, True)
 
-    def _remember(self, top: int | None, rows: list[set[int]]) -> None:
-        self.prev = [top] + [max(r) if r else None for r in rows]
+    @staticmethod
+    def _voices(top: int | None, rows: list[set[int]]) -> list[int | None]:
+        """Each voice's pitch after a step (soprano first): the next step's voice leading."""
+        return [top] + [max(r) if r else None for r in rows]
 
     def _keys(self, pitches) -> list[int]:
         """Key indices of `pitches` in range, ascending (a SATB row keeps its highest, as the
@@ -366,6 +473,12 @@ class Accompanist(Voice):
 
     def snapshot(self):
         return self.engine.snapshot(), self.logits, self.profile, list(self.prev)
+
+    def state_key(self, snap=None) -> tuple:
+        """Which state this is (`snap`'s, else the state now): the identities of its
+        arrays, which a step replaces and restore() puts back as they were."""
+        state, logits = (self.engine.state, self.logits) if snap is None else snap[:2]
+        return tuple(id(v) for v in state.values()) + (id(logits),)
 
     def restore(self, snap) -> None:
         state, self.logits, self.profile, prev = snap

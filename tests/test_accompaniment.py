@@ -157,14 +157,16 @@ def test_a_second_lead_note_in_the_same_step_is_harmonized_again():
     both, and nothing from the first answer is left hanging."""
     preset = _preset("chorale")
     stage = Stage(preset)
-    stage.note(2.0, 72, 1.0)
-    stage.note(2.02, 67, 1.0)
+    stage.note(2.0, 67, 1.0)
+    stage.note(2.02, 74, 1.0)
+    mode = stage.performer.mode
+    step = round(2.0 / preset.timing.grid)
+    stage.play_until(2.1)
+    assert stage.ons(_voices(preset), stage.at(2.0), stage.at(2.0) + TICK_NS + 1)
+    assert next(c.lead for c in mode.history if c.step == step) == {67, 74}
     stage.play_until(4.0)
     stage.finish()
     assert _balanced(stage.sent)
-    # the first note-on was answered at once, and the second one answered again
-    assert stage.ons(_voices(preset), stage.at(2.0), stage.at(2.0) + TICK_NS + 1)
-    assert stage.ons(_voices(preset), stage.at(2.02), stage.at(2.02) + TICK_NS + 1)
 
 
 def test_plain_accompaniment_plays_on_the_grid_and_is_deterministic():
@@ -286,3 +288,61 @@ def test_harmonize_holds_the_voices_when_the_lead_stops_exactly_on_a_grid_line()
         for r in rests:
             struck_in_rests += len(stage.ons(voices, stage.at(r), stage.at(r + 0.5)))
     assert struck_in_rests == 0
+
+
+# ---- speculation (harmonize answers from steps computed ahead) -----------------------------
+
+
+def test_a_speculated_step_is_the_step_itself_for_every_candidate():
+    """Accompanist.speculate over many leads in one batch: each member's rows, model state,
+    key profile and voices equal what step() plays from the same state and generator."""
+    import numpy as np
+
+    from midi_companion.modes import build
+
+    preset = _preset("chorale")
+    now = VirtualTime()
+    clock = InternalClock(bpm=preset.timing.bpm, beats_per_bar=4, now_ns=now)
+    sched = Scheduler(lambda m: None, now_ns=now)
+    acc = build(preset, sched, clock, np.random.default_rng(0), "cpu").mode.acc
+    for pitch in (67, 69, 71):  # some history: a key profile, voices to lead from
+        acc.step({pitch}, np.random.default_rng(pitch))
+    snap = acc.snapshot()
+    leads = [frozenset({p}) for p in range(64, 77)] + [frozenset({71, 74})]
+    spec = acc.speculate(snap, leads, np.random.default_rng(7))
+    for i, lead in enumerate(leads):
+        acc.restore(snap)
+        rows = acc.step(lead, np.random.default_rng(7))
+        after = acc.snapshot()
+        assert rows == spec.rows[i]
+        acc.restore(snap)
+        assert acc.adopt(spec, i) == rows
+        for name, value in after[0].items():
+            np.testing.assert_allclose(acc.engine.state[name], value, atol=1e-5)
+        np.testing.assert_allclose(acc.logits, after[1], atol=1e-4)
+        assert (acc.profile == after[2]).all() and acc.prev == after[3]
+    sched.stop()
+
+
+def test_harmonize_answers_from_speculation_and_plays_the_same_notes(monkeypatch):
+    """Live (speculating) and offline (not) play the same harmony; live, nearly every lead
+    note of a melody it never saw is answered by a lookup."""
+    lead = Score.from_notes([Note(2.0 + i, p, 0.9, 80) for i, p in enumerate(SOPRANO)], bpm=100.0)
+    preset = _preset("chorale")
+    performers, init = [], Performer.__init__
+
+    def keep(self, *a, **k):
+        init(self, *a, **k)
+        performers.append(self)
+
+    monkeypatch.setattr(Performer, "__init__", keep)
+    played = {}
+    for speculate in (True, False):
+        out = perform(preset, lead, seed=3, speculate=speculate)
+        played[speculate] = [sorted(t.notes) for t in out.tracks[1:]]
+        mode = performers[-1].mode
+        if speculate:
+            assert mode.hits >= len(SOPRANO) - 2 and mode.misses <= 2, (mode.hits, mode.misses)
+        else:
+            assert mode.hits == 0
+    assert played[True] == played[False]

@@ -18,7 +18,9 @@ class BuiltMode:
     engines: list  # [companion.engine.Engine], warm
 
 
-def build(preset, scheduler, clock, rng, provider: str = "auto") -> BuiltMode:
+def build(
+    preset, scheduler, clock, rng, provider: str = "auto", speculate: bool = True
+) -> BuiltMode:
     """The mode `preset` asks for (continue, accompany or jam), its models loaded and warmed
     up on `provider`, sending through `scheduler` at `clock`'s times."""
     from midi_companion.modelfile import load as load_model
@@ -36,7 +38,7 @@ def build(preset, scheduler, clock, rng, provider: str = "auto") -> BuiltMode:
     acc = accompanist_for(load_model(preset.model), preset, provider=provider)
     acc.warm_up(rng)
     out = Output(scheduler, clock, preset.tracks)
-    mode = Accompaniment(acc, preset, out, rng)
+    mode = Accompaniment(acc, preset, out, rng, speculate=speculate)
     if preset.mode != "jam":
         return BuiltMode(mode, [out], [acc.engine])
     solo_voice = voice_for(load_model(preset.solo_model), provider=provider)

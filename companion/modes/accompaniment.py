@@ -15,6 +15,14 @@ same is held; one that changes is released and the new one struck.
   no new note (a held soprano) are committed ahead as above. While the lead rests the
   voices hold (a breath between phrases, a late note); after `REST_BEATS` of rest they end.
   Those steps are fed to the model as played, so it knows what sounds.
+- Speculation (harmonize): between lead notes the state before the step a note-on would
+  land on is known, so in idle moments (`tick`, a few batched model calls at a time) the
+  whole step is computed ahead for the lead pitches within `SPECULATE_SPAN` semitones of
+  the last and the `SPECULATE_K` the model finds likeliest there, in one batch
+  (Accompanist.speculation), for this step and the next. A note-on whose step and
+  lead were computed is answered by a lookup: every voice is sent at once, with no model
+  call between the note and the answer; any other note-on is computed as before. `hits`
+  and `misses` count the note-ons of each kind.
 """
 
 from __future__ import annotations
@@ -22,12 +30,17 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 from midi_companion.modes.continuation import Continuation
 from midi_companion.output import Output
 from midi_companion.representations.base import NoteEvent, quantize
 
 REST_BEATS = 1.0  # harmonize: the voices hold through a rest of the lead this long
 HISTORY_STEPS = 8  # committed steps that can be taken back (lookahead + a grid step is ~2)
+SPECULATE_SPAN = 7  # lead pitches computed ahead: within this many semitones of the last
+SPECULATE_K = 4  # ... and the model's likeliest lead pitches there
+SPECULATE_CALLS = 2  # batched model calls per tick: what an incoming note may wait (~0.2 ms)
 
 
 @dataclass
@@ -40,13 +53,16 @@ class _Committed:
 class Accompaniment:
     """Turn-taking for accompany (and the accompanying half of jam)."""
 
-    def __init__(self, accompanist, preset, output: Output, rng):
+    def __init__(self, accompanist, preset, output: Output, rng, speculate: bool = True):
         self.acc = accompanist
         self.preset = preset
         self.output = output
-        self.rng = rng
+        # each step samples from its own generator, seeded by the performance's seed and the
+        # step: a step generated again (a take-back) or ahead (speculation) draws the same
+        self.seed = int(rng.integers(2**62))
         self.grid = accompanist.grid
         self.harmonize = preset.harmonize
+        self.speculate = speculate and self.harmonize
         self.sounding: set[int] = set()  # lead pitches held now
         self.next_step: int | None = None  # first step not committed yet
         self.history: deque[_Committed] = deque(maxlen=HISTORY_STEPS)
@@ -54,10 +70,15 @@ class Accompaniment:
         self.active = True
         self.last_input: float | None = None
         self.last_off: float | None = None  # when the lead last fell silent
+        self.specs: dict[int, tuple] = {}  # step -> (base key, Speculation)
+        self._job = None  # (step, base key, generator) being computed
+        self.hits = self.misses = 0
+        self.last_pitch: int | None = None  # the lead's last note-on: speculation's centre
 
     # ---- input -------------------------------------------------------------------------
     def note_on(self, beat: float, pitch: int, velocity: int) -> None:
         self.sounding.add(pitch)
+        self.last_pitch = pitch
         self.last_input = beat
         if not self.active:
             return
@@ -71,7 +92,11 @@ class Accompaniment:
             entry = self._committed(step)
             if entry is None or pitch in entry.lead:
                 return  # too old to take back, or nothing new for it
+            if self._answer_from_speculation(step, entry, beat):
+                return
             self._take_back(entry, beat)
+        elif self._answer_from_speculation(step, None, beat):
+            return
         while self.next_step <= step:
             self._commit(self.next_step, at=beat if self.next_step == step else None)
 
@@ -103,6 +128,75 @@ class Accompaniment:
             return
         while self.next_step * self.grid <= horizon:
             self._commit(self.next_step)
+        if self.speculate:
+            self._speculate(now)
+
+    # ---- speculation -------------------------------------------------------------------
+    def _base(self, step: int):
+        """(key, snapshot) of the model's state before `step`, if a note-on there would be
+        answered from it: a step committed ahead (its entry's snapshot, which a take-back
+        restores) or the next one to commit (the state now). The key is the identity of the
+        state's arrays (never mutated, only replaced), so a take-back's restored state is
+        recognised as the one it was."""
+        if step < self.next_step:
+            entry = self._committed(step)
+            return (None, None) if entry is None else (self.acc.state_key(entry.state), entry.state)
+        if step == self.next_step:
+            return self.acc.state_key(), None
+        return None, None
+
+    def _speculate(self, now: float) -> None:
+        """Spend a few batched model calls computing ahead the step a note-on would land on
+        now, then the one after it."""
+        held = frozenset(self.sounding)
+        for step in (quantize(now, self.grid), quantize(now, self.grid) + 1):
+            key, snap = self._base(step)
+            if key is None or self.specs.get(step, (None,))[:2] == (key, held):
+                continue
+            if self._job is None or self._job[:3] != (step, key, held):
+                snap = snap if snap is not None else self.acc.snapshot()
+                pitches = self.acc.lead_candidates(snap, SPECULATE_K)
+                if self.last_pitch is not None:
+                    near = range(
+                        self.last_pitch - SPECULATE_SPAN, self.last_pitch + SPECULATE_SPAN + 1
+                    )
+                    pitches = list(dict.fromkeys([*near, *pitches]))
+                leads = [frozenset({p}) for p in pitches]
+                if held:  # the new note may come while the last one still sounds (legato)
+                    leads += [held | {p} for p in pitches if p not in held]
+                self._job = (step, key, held, self.acc.speculation(snap, leads, self._rng(step)))
+            for _ in range(SPECULATE_CALLS):
+                try:
+                    next(self._job[3])
+                except StopIteration as done:
+                    self.specs = {s: v for s, v in self.specs.items() if s >= step - 1}
+                    self.specs[step] = (key, held, done.value)
+                    self._job = None
+                    break
+            return  # one job's worth per tick
+
+    def _answer_from_speculation(self, step: int, entry, beat: float) -> bool:
+        """A note-on at `step` whose lead was computed ahead from the state it would be
+        answered from: commit that member and send every voice now. False (and nothing
+        done) when there is none."""
+        if not self.speculate:
+            return False
+        key, _ = self._base(step)
+        found = self.specs.get(step)
+        lead = frozenset(self.sounding)
+        i = found[2].find(lead) if found is not None and found[0] == key else None
+        if i is None:
+            self.misses += 1
+            return False
+        self.hits += 1
+        spec = found[2]
+        if entry is not None:
+            self._take_back(entry, beat)
+        self.history.append(_Committed(step, lead, spec.base))
+        for k, row in enumerate(self.acc.adopt(spec, i)):
+            self._play_row(k, row, beat, True)
+        self.next_step = step + 1
+        return True
 
     def _commit(self, step: int, at: float | None = None) -> None:
         """Generate step `step` from the lead as it is now; play it at `at` or on the grid."""
@@ -116,9 +210,12 @@ class Accompaniment:
         # each voice is sent as soon as it is sampled: the alto sounds before the bass is
         # generated, which is what an answer's latency is made of
         self.acc.step(
-            lead, self.rng, rows, on_row=lambda k, new: self._play_row(k, new, beat, asap)
+            lead, self._rng(step), rows, on_row=lambda k, new: self._play_row(k, new, beat, asap)
         )
         self.next_step = step + 1
+
+    def _rng(self, step: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, step))
 
     def _committed(self, step: int) -> _Committed | None:
         return next((c for c in self.history if c.step == step), None)
@@ -147,6 +244,7 @@ class Accompaniment:
     # ---- stopping ----------------------------------------------------------------------
     def release(self, beat: float) -> None:
         """Stop accompanying: cancel what is pending, end what sounds."""
+        self.specs, self._job = {}, None
         self.output.cancel_after(beat)
         self.voices = [set() for _ in self.voices]
         self.next_step = None
