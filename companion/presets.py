@@ -9,7 +9,6 @@ whole behaviour.
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,13 +16,14 @@ from typing import Any
 
 from midi_companion.errors import PresetError
 from midi_companion.rules import default_range
+from midi_companion.tomlcheck import TableChecker
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-MODES = ("continue", "accompany", "jam")
+MODES = ("continue", "accompany", "jam", "bridge", "pattern", "band")
 START_ON = ("beat", "bar")
 ON_INPUT = ("interrupt", "overlap")
 DEFAULT_PRESET = "chorale"
@@ -73,8 +73,45 @@ class Controls:
     panic_cc: int = 123
     scale_lock_cc: int = 0  # 0 = off; a CC >= 64 locks answers to the key, < 64 unlocks
     trigger_cc: int = 0  # 0 = off; a CC >= 64 ends the phrase now
+    bridge_cc: int = 0  # 0 = off; mode "bridge": the mix, 0 (like me) .. 127 (like the target)
     sustain_release_ends_phrase: bool = True
     program_change: bool = True
+
+
+@dataclass
+class BridgeCfg:
+    """mode = "bridge" (companion/modes/bridge.py): the answer's latent moves from the
+    player's phrase's towards `target`'s (a style the model carries, e.g. "music21:bach", or
+    a .mid file relative to the preset) over `bars` bars (0 = the whole answer); `mix` (0..1,
+    `[controls] bridge_cc` sets it live) is how far: 0 = like me, 1 = like the target."""
+
+    target: str = ""
+    bars: int = 0
+    mix: float = 1.0
+
+
+@dataclass
+class PatternCfg:
+    """mode = "pattern" (companion/modes/pattern.py): a generated block every `[timing]
+    bars` bars. Density: a roll's keys sound at or above `threshold` (0..1), or, with
+    `notes` > 0, the threshold that gives about that many notes a block (a note-gan block:
+    its first `notes` notes); `transpose`: into the key the player is in."""
+
+    threshold: float = 0.5
+    notes: int = 0
+    transpose: bool = True
+
+
+@dataclass
+class BandCfg:
+    """mode = "band" (companion/modes/band.py, a vae-nn model): the band answers each block
+    of the player's a block later. `noise`: standard deviation of the Gaussian noise added
+    to every predicted latent (the thesis' variation; scaled live by the temperature CC's
+    value); `threshold`: a decoded cell sounds at this probability or more (0.3 in the
+    thesis)."""
+
+    noise: float = 0.5
+    threshold: float = 0.3
 
 
 @dataclass
@@ -93,6 +130,9 @@ class Preset:
     timing: Timing = field(default_factory=Timing)
     sampling: SamplingCfg = field(default_factory=SamplingCfg)
     controls: Controls = field(default_factory=Controls)
+    bridge: BridgeCfg | None = None
+    pattern: PatternCfg | None = None
+    band: BandCfg | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -164,52 +204,9 @@ def load(name_or_path: str | None) -> Preset:
 
 
 # ---- validation --------------------------------------------------------------------------
-class _Checker:
+class _Checker(TableChecker):
     def __init__(self, path: Path):
-        self.path = path
-
-    def fail(self, where: str, msg: str):
-        where = where or "the preset"  # a top-level key: "the preset has unknown key ..."
-        raise PresetError(f"{self.path}: {where} {msg}")
-
-    def table(self, data: dict, where: str, allowed: set[str]) -> dict:
-        if not isinstance(data, dict):
-            self.fail(where, f"must be a table (received {type(data).__name__})")
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            allowed_s = ", ".join(sorted(allowed))
-            self.fail(where, f"has unknown key {unknown[0]!r}; allowed: {allowed_s}")
-        return data
-
-    def value(
-        self,
-        data: dict,
-        key: str,
-        where: str,
-        kind,
-        default,
-        *,
-        choices=None,
-        lo=None,
-        hi=None,
-        lo_open=False,
-    ):
-        if key not in data:
-            return default
-        v = data[key]
-        label = f"{where} {key}".strip()
-        ok_types = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}[kind]
-        if isinstance(v, bool) and kind is not bool or not isinstance(v, ok_types):
-            self.fail(label, f"must be {kind.__name__} (received {v!r})")
-        if kind is float and not math.isfinite(v):
-            self.fail(label, f"must be a finite number (received {v!r})")
-        if choices is not None and v not in choices:
-            self.fail(label, f"must be one of {', '.join(map(str, choices))} (received {v!r})")
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            self.fail(label, f"must be {'>' if lo_open else '>='} {lo} (received {v!r})")
-        if hi is not None and v > hi:
-            self.fail(label, f"must be <= {hi} (received {v!r})")
-        return kind(v)
+        super().__init__(path, PresetError, "the preset")
 
 
 _TOP = {
@@ -226,6 +223,9 @@ _TOP = {
     "timing",
     "sampling",
     "controls",
+    "bridge",
+    "pattern",
+    "band",
 }
 
 
@@ -255,6 +255,9 @@ def parse(data: dict, path: Path) -> Preset:
         timing=_timing(c, data.get("timing", {})),
         sampling=_sampling(c, data.get("sampling", {})),
         controls=_controls(c, data.get("controls", {})),
+        bridge=_bridge(c, data, mode),
+        pattern=_pattern(c, data, mode),
+        band=_band(c, data, mode),
     )
 
 
@@ -365,7 +368,7 @@ def _controls(c: _Checker, s) -> Controls:
         )
     ccs = {
         k: c.value(s, k, w, int, getattr(d, k), lo=0, hi=127)
-        for k in ("temperature_cc", "panic_cc", "trigger_cc", "scale_lock_cc")
+        for k in ("temperature_cc", "panic_cc", "trigger_cc", "scale_lock_cc", "bridge_cc")
     }
     used = [(k, v) for k, v in ccs.items() if v]  # 0 = off
     for i, (k, v) in enumerate(used):
@@ -379,4 +382,55 @@ def _controls(c: _Checker, s) -> Controls:
             s, "sustain_release_ends_phrase", w, bool, d.sustain_release_ends_phrase
         ),
         program_change=c.value(s, "program_change", w, bool, d.program_change),
+    )
+
+
+def _bridge(c: _Checker, data: dict, mode: str) -> BridgeCfg | None:
+    w = "[bridge]"
+    if mode != "bridge":
+        if "bridge" in data:
+            c.fail(w, f'is read only when mode = "bridge" (mode is {mode!r})')
+        return None
+    if "bridge" not in data:
+        c.fail(w, 'is required when mode = "bridge" (at least: target = "music21:bach")')
+    t = c.table(data["bridge"], w, set(asdict(BridgeCfg())))
+    target = c.value(t, "target", w, str, "")
+    if not target:
+        c.fail(
+            f"{w} target",
+            'must name a style of the model (e.g. "music21:bach") or a .mid file',
+        )
+    return BridgeCfg(
+        target=target,
+        bars=c.value(t, "bars", w, int, 0, lo=0, hi=64),
+        mix=c.value(t, "mix", w, float, 1.0, lo=0, hi=1),
+    )
+
+
+def _pattern(c: _Checker, data: dict, mode: str) -> PatternCfg | None:
+    w = "[pattern]"
+    if mode != "pattern":
+        if "pattern" in data:
+            c.fail(w, f'is read only when mode = "pattern" (mode is {mode!r})')
+        return None
+    t = c.table(data.get("pattern", {}), w, set(asdict(PatternCfg())))
+    d = PatternCfg()
+    return PatternCfg(
+        threshold=c.value(t, "threshold", w, float, d.threshold, lo=0, lo_open=True, hi=1),
+        notes=c.value(t, "notes", w, int, d.notes, lo=0, hi=4096),
+        transpose=c.value(t, "transpose", w, bool, d.transpose),
+    )
+
+
+def _band(c: _Checker, data: dict, mode: str) -> BandCfg | None:
+    w = "[band]"
+    if mode != "band":
+        if "band" in data:
+            c.fail(w, f'is read only when mode = "band" (mode is {mode!r})')
+        return None
+    t = c.table(data.get("band", {}), w, set(asdict(BandCfg())))
+    d = BandCfg()
+    return BandCfg(
+        noise=c.value(t, "noise", w, float, d.noise, lo=0, hi=10),
+        threshold=c.value(t, "threshold", w, float, d.threshold, lo=0, lo_open=True, hi=1),
     )

@@ -1,17 +1,18 @@
 """The one training loop: ``companion train CONFIG.toml [--resume] [--device auto|cpu|cuda]``.
 
-A config names a model family and its args ([model]), a representation ([representation]),
-a corpus ([data]) and how to train ([train]); every key is checked before anything runs
-(ConfigError naming the file and the key). The loop: AdamW, linear warm-up then cosine
-decay (over max_steps or max_minutes, whichever ends first), gradient clipping, evaluation
-on the whole validation split every ``eval_every`` steps, early stopping after ``patience``
-evaluations without improvement, and the test split evaluated once at the end with the best
-weights. It talks to the family only through its module's ``build`` and ``batches`` and
-the model's ``loss`` (docs/ARCHITECTURE.md, "Family modules"), and two optional hooks: it
-calls ``model.set_step(step)`` before each training step (a schedule inside the loss, e.g.
-lstm-vae's KL warm-up), and after each evaluation reads ``model.extra_metrics()`` (name ->
-(sum, count) of the loss's terms since the last call, e.g. a VAE's reconstruction NLL and
-KL), logs the means and records them in the metrics (``valid_terms``, ``test_terms``).
+A config names a model family and its args ([model]), a representation ([representation]), a
+corpus ([data]) and how to train ([train]); every key is checked before anything runs
+(models/train_config.py: ConfigError naming the file and the key). The loop: AdamW, linear
+warm-up then cosine decay (over max_steps or max_minutes, whichever ends first), gradient
+clipping, evaluation on the whole validation split every ``eval_every`` steps, early
+stopping after ``patience`` evaluations without improvement, and the test split evaluated
+once at the end with the best weights. It talks to the family only through its module's
+``build`` and ``batches`` and the model's ``loss`` (docs/ARCHITECTURE.md, "Family modules"),
+and two optional hooks: it calls ``model.set_step(step)`` before each training step (a
+schedule inside the loss, e.g. lstm-vae's KL warm-up), and after each evaluation reads
+``model.extra_metrics()`` (name -> (sum, count) of the loss's terms since the last call,
+e.g. a VAE's reconstruction NLL and KL), logs the means and records them in the metrics
+(``valid_terms``, ``test_terms``).
 
 Writes to ``[train] out`` (default runs/<config name>): ``best.pt``, the self-describing
 checkpoint that ``companion export`` takes, and ``last.pt`` (the same plus the optimizer
@@ -51,187 +52,7 @@ from torch import nn
 from midi_companion.errors import ConfigError, RepresentationError
 from midi_companion.models import FAMILY_MODULES, data
 from midi_companion.models.checkpoint import CHECKPOINT_FORMAT
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-_REQUIRED = object()
-# table -> key -> (types, default); [model] and [representation] take free args besides
-# `family` / `name`, checked by the family's build and the representation's params. A family
-# module may add [train] keys its `batches` reads: TRAIN_KEYS, in the same form.
-SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
-    "data": {
-        "corpus": ((str,), _REQUIRED),  # models.corpora spec, or "benchmark:<name>"
-        "augment": ((list,), [0, 0]),  # transposition range [lo, hi] semitones, inclusive
-        "valid": ((float, int), 0.1),  # fractions of pieces (ignored for benchmarks)
-        "test": ((float, int), 0.1),
-        "seed": ((int,), 0),  # split seed
-        "limit": ((int,), None),  # at most this many pieces
-    },
-    "train": {
-        "batch_size": ((int,), 32),
-        "seq_len": ((int,), 128),  # steps per training window (predicted units)
-        "lr": ((float, int), 2e-3),
-        "min_lr": ((float, int), None),  # end of the cosine; default lr / 10
-        "weight_decay": ((float, int), 0.01),
-        "warmup": ((int,), 100),  # steps of linear warm-up
-        "decay": ((str,), "cosine"),  # "cosine" | "none"
-        "grad_clip": ((float, int), 1.0),  # max gradient norm; 0 = off
-        "dropout": ((float, int), 0.1),  # passed to the family's build
-        "max_steps": ((int,), 0),  # 0 = no limit (then max_minutes must be set)
-        "max_minutes": ((float, int), 0),  # 0 = no limit
-        "eval_every": ((int,), 200),
-        "patience": ((int,), 0),  # evaluations without improvement; 0 = never stop early
-        "seed": ((int,), 0),
-        "seeds": ((list,), None),  # an ensemble: one member per seed (see the module doc)
-        "out": ((str,), None),  # default runs/<config file stem>
-        "device": ((str,), "auto"),  # "auto" | "cpu" | "cuda"
-    },
-}
-
-
-# ---- config ---------------------------------------------------------------------------------
-def load_config(path: str | os.PathLike) -> dict:
-    """Read and check a training config; defaults filled in. ConfigError names file and key."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ConfigError(f"{path}: no such config file") from err
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(f"{path}: not a readable TOML file ({err})") from err
-    return check_config(raw, path)
-
-
-def check_config(raw: dict, path: Path) -> dict:
-    def fail(table: str, key: str, must: str, got: Any = _REQUIRED) -> ConfigError:
-        received = "" if got is _REQUIRED else f" (received {got!r})"
-        return ConfigError(f"{path}: [{table}] {key} {must}{received}")
-
-    unknown = set(raw) - {"model", "representation", "data", "train"}
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown table(s) {sorted(unknown)}; allowed: [model], "
-            "[representation], [data], [train]"
-        )
-    cfg: dict[str, dict] = {}
-    for table in ("model", "representation"):
-        t = raw.get(table)
-        if not isinstance(t, dict):
-            raise ConfigError(f"{path}: [{table}] table is missing")
-        cfg[table] = dict(t)
-    family = cfg["model"].get("family")
-    if family not in FAMILY_MODULES:
-        raise fail("model", "family", f"must be one of {sorted(FAMILY_MODULES)}", family)
-    if "dropout" in cfg["model"]:
-        raise fail("model", "dropout", "belongs in [train]")
-    from midi_companion.representations import REGISTRY
-
-    name = cfg["representation"].get("name")
-    if name not in REGISTRY:
-        raise fail("representation", "name", f"must be one of {sorted(REGISTRY)}", name)
-    family_keys = getattr(import_module(FAMILY_MODULES[family]), "TRAIN_KEYS", {})
-    for table, schema in SCHEMA.items():
-        schema = {**schema, **family_keys} if table == "train" else schema
-        t = raw.get(table, {})
-        if not isinstance(t, dict):
-            raise ConfigError(f"{path}: [{table}] must be a table")
-        extra = set(t) - set(schema)
-        if extra:
-            raise ConfigError(
-                f"{path}: [{table}] unknown key(s) {sorted(extra)}; allowed: {sorted(schema)}"
-            )
-        out = {}
-        for key, (types, default) in schema.items():
-            if key not in t:
-                if default is _REQUIRED:
-                    raise fail(table, key, "is required")
-                out[key] = copy.copy(default)
-                continue
-            v = t[key]
-            if isinstance(v, bool) or not isinstance(v, types):
-                raise fail(table, key, f"must be {' or '.join(x.__name__ for x in types)}", v)
-            out[key] = float(v) if float in types else v
-        cfg[table] = out
-    d, tr = cfg["data"], cfg["train"]
-    data.check_shifts(d["augment"], f"{path}: [data] augment")
-    for key in ("valid", "test"):
-        if not 0 <= d[key] < 1:
-            raise fail("data", key, "must be a fraction in [0, 1)", d[key])
-    if d["valid"] + d["test"] >= 1:
-        raise fail("data", "valid + test", "must be < 1", d["valid"] + d["test"])
-    if d["limit"] is not None and d["limit"] < 3:
-        raise fail("data", "limit", "must be >= 3", d["limit"])
-    for key in ("batch_size", "seq_len", "eval_every"):
-        if tr[key] < 1:
-            raise fail("train", key, "must be >= 1", tr[key])
-    for key in ("lr",):
-        if not tr[key] > 0:
-            raise fail("train", key, "must be > 0", tr[key])
-    for key in ("weight_decay", "grad_clip", "max_minutes", "max_steps", "warmup", "patience"):
-        if tr[key] < 0:
-            raise fail("train", key, "must be >= 0", tr[key])
-    if not 0 <= tr["dropout"] < 1:
-        raise fail("train", "dropout", "must be in [0, 1)", tr["dropout"])
-    if tr["min_lr"] is None:
-        tr["min_lr"] = tr["lr"] / 10
-    elif not 0 <= tr["min_lr"] <= tr["lr"]:
-        raise fail("train", "min_lr", "must be in [0, lr]", tr["min_lr"])
-    if tr["decay"] not in ("cosine", "none"):
-        raise fail("train", "decay", 'must be "cosine" or "none"', tr["decay"])
-    if tr["device"] not in ("auto", "cpu", "cuda"):
-        raise fail("train", "device", 'must be "auto", "cpu" or "cuda"', tr["device"])
-    if not tr["max_steps"] and not tr["max_minutes"]:
-        raise fail("train", "max_steps", "or max_minutes must be set (> 0)")
-    if tr["seeds"] is not None:
-        seeds = tr["seeds"]
-        members = [_member(x) for x in seeds]
-        if len(seeds) < 2 or None in members or len({repr(m) for m in members}) != len(members):
-            raise fail(
-                "train",
-                "seeds",
-                "must be a list of at least 2 distinct members, each "
-                "a seed (an integer) or {seed = N, model = {key = value, ...}}",
-                seeds,
-            )
-        for m in members:
-            bad = [k for k, _ in m[1] if k == "family" or k not in cfg["model"]]
-            if bad:
-                raise fail(
-                    "train",
-                    "seeds",
-                    f"a member may only change keys that [model] "
-                    f"sets, family excepted (received {bad[0]!r})",
-                )
-        if not hasattr(import_module(FAMILY_MODULES[family]), "ensemble"):
-            raise fail("train", "seeds", f"needs a family that ensembles; {family} does not")
-    if tr["out"] is None:
-        tr["out"] = str(Path("runs") / path.stem)
-    return cfg
-
-
-def _member(entry) -> tuple | None:
-    """An ensemble member of `[train] seeds`: (seed, ((model key, value), ...)), or None
-    when `entry` is neither an integer seed nor {seed = N, model = {...}}."""
-    if isinstance(entry, int) and not isinstance(entry, bool):
-        return (entry, ())
-    if (
-        isinstance(entry, dict)
-        and set(entry) <= {"seed", "model"}
-        and isinstance(entry.get("seed"), int)
-        and not isinstance(entry["seed"], bool)
-        and isinstance(entry.get("model", {}), dict)
-    ):
-        return (entry["seed"], tuple(sorted(entry.get("model", {}).items())))
-    return None
-
-
-def _member_dir(entry) -> str:
-    """Where a member trains under the ensemble's out: seed<N>, plus its model changes."""
-    seed, changes = _member(entry)
-    return "-".join([f"seed{seed}"] + [f"{k}{v}" for k, v in changes])
+from midi_companion.models.train_config import load_config, member, member_dir
 
 
 def make_representation(cfg: dict, path: Path):
@@ -413,23 +234,33 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
     model.to(dev)
     if state is not None:
         model.load_state_dict(state["state_dict"])
-    valid = data.encode(corpus.scores["valid"], rep)
-    test = data.encode(corpus.scores["test"], rep)
-    fixed_train = (
-        None if shifts[1] > shifts[0] else data.encode(corpus.scores["train"], rep, shifts)
-    )
+
+    def encode(split: str, *aug) -> list:  # a classifier labels each piece by its id
+        if hasattr(model, "encode_pieces"):
+            return model.encode_pieces(corpus.scores[split], corpus.ids[split], rep, *aug)
+        return data.encode(corpus.scores[split], rep, *aug)
+
+    valid, test = encode("valid"), encode("test")
+    fixed_train = None if shifts[1] > shifts[0] else encode("train", shifts)
 
     decay, no_decay = [], []
     for p in model.parameters():
         (decay if p.dim() >= 2 else no_decay).append(p)
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": tr["weight_decay"]},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=tr["lr"],
-        fused=dev.type == "cuda",
-    )
+    # adversarial families (GANs) own their optimizer and step (docs/ARCHITECTURE.md)
+    adversarial = hasattr(model, "train_step")
+    if adversarial:
+        if world > 1:
+            raise ConfigError(f"{config_path}: {cfg['model']['family']} trains on one process")
+        opt = model.configure_optimizers(tr)
+    else:
+        opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": tr["weight_decay"]},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=tr["lr"],
+            fused=dev.type == "cuda",
+        )
     run = {
         "step": 0,
         "epoch": 0,
@@ -510,11 +341,7 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
     model.train()
     while not stop:
         rng = np.random.default_rng([tr["seed"], run["epoch"]])
-        pieces = (
-            fixed_train
-            if fixed_train is not None
-            else data.encode(corpus.scores["train"], rep, shifts, rng)
-        )
+        pieces = fixed_train if fixed_train is not None else encode("train", shifts, rng)
         stream = data.shard(module.batches(pieces, rep, tr, rng, True), rank, world)
         for i, batch in enumerate(stream):
             if i < run["batch"]:
@@ -530,13 +357,17 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
             batch = _to(batch, dev)
             if hasattr(model, "set_step"):
                 model.set_step(run["step"])
-            nll, n = net(batch)
-            loss = nll / n
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tr["grad_clip"]:
-                nn.utils.clip_grad_norm_(model.parameters(), tr["grad_clip"])
-            opt.step()
+            if adversarial:
+                logs = model.train_step(batch, opt)
+                loss, n = torch.tensor(logs["loss"]), logs["count"]
+            else:
+                nll, n = net(batch)
+                loss = nll / n
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if tr["grad_clip"]:
+                    nn.utils.clip_grad_norm_(model.parameters(), tr["grad_clip"])
+                opt.step()
             if world > 1:  # what this rank trained on, for the summary line
                 data_hash.update(next(iter(batch.values())).cpu().numpy().tobytes())
             units = int(n)
@@ -558,7 +389,7 @@ def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
             if run["step"] % tr["eval_every"] == 0 or done:
                 terms: dict = {}
                 v, _ = evaluate(model, module, valid, rep, tr, dev, rank, world, terms)
-                improved = v < run["best_valid"]
+                improved = adversarial or v < run["best_valid"]  # a GAN keeps its last
                 if improved:
                     run.update(best_valid=v, best_step=run["step"], bad_evals=0)
                     if terms:
@@ -648,19 +479,19 @@ def _ensemble(cfg, config_path, resume, dev, rank, world, progress) -> dict:
     out = Path(tr["out"])
     paths = []
     for entry in tr["seeds"]:
-        seed, changes = _member(entry)
-        where = out / _member_dir(entry)
-        member = copy.deepcopy(cfg)
-        member["model"].update(dict(changes))
-        member["train"].update(seed=seed, seeds=None, out=str(where))
+        seed, changes = member(entry)
+        where = out / member_dir(entry)
+        one = copy.deepcopy(cfg)
+        one["model"].update(dict(changes))
+        one["train"].update(seed=seed, seeds=None, out=str(where))
         best, last = where / "best.pt", where / "last.pt"
         finished = best.is_file() and (
             not last.is_file() or best.stat().st_mtime >= last.stat().st_mtime
         )
         if not (resume and finished):
             if progress:
-                print(f"ensemble member {_member_dir(entry)} -> {best}", flush=True)
-            _run(member, config_path, resume and last.is_file(), dev, rank, world, progress)
+                print(f"ensemble member {member_dir(entry)} -> {best}", flush=True)
+            _run(one, config_path, resume and last.is_file(), dev, rank, world, progress)
         paths.append(best)
     if rank != 0:
         return {}

@@ -69,7 +69,7 @@ def test_good_config_gets_defaults(tmp_path):
         (("[train]\n", '[train]\nbatch_size = "8"\n'), "[train] batch_size must be int"),
         (
             ("[train]\n", "[train]\nlearning_rate = 1.0\n"),
-            "[train] unknown key(s) ['learning_rate']",
+            "[train] has unknown key 'learning_rate'",
         ),
         (('family = "lstm"', 'family = "gru"'), "[model] family must be one of"),
         (('name = "events"', 'name = "midi"'), "[representation] name must be one of"),
@@ -79,7 +79,7 @@ def test_good_config_gets_defaults(tmp_path):
         (("max_steps = 10", "max_steps = 0"), "[train] max_steps or max_minutes must be set"),
         (("[train]\n", '[train]\ndecay = "linear"\n'), "[train] decay must be"),
         (("hidden = 16", "dropout = 0.2"), "[model] dropout belongs in [train]"),
-        (("[train]\n", "[loss]\nx = 1\n[train]\n"), "unknown table(s) ['loss']"),
+        (("[train]\n", "[loss]\nx = 1\n[train]\n"), "the config has unknown key 'loss'"),
     ],
 )
 def test_config_errors_name_file_and_key(tmp_path, edit, where):
