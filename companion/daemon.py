@@ -28,6 +28,7 @@ import traceback
 from midi_companion import ports, presets
 from midi_companion.engine import check_provider
 from midi_companion.errors import CompanionError, MidiFileError, MidiPortError
+from midi_companion.latency_meter import LatencyMeter
 from midi_companion.outfiles import check_output
 from midi_companion.performer import Performer, make_clock
 from midi_companion.recorder import FLUSH_EVERY_S, Recorder
@@ -84,6 +85,7 @@ class Daemon:
         if clock_kind == "internal":
             self.clock.start()
         self.recorder = Recorder(record, self.bpm) if record else None
+        self.meter = LatencyMeter()  # lead note-on -> answer, for the status line
         # started by attach(): nothing is sent before there is a port to send it to
         self.scheduler = Scheduler(
             self._send, now_ns=now_ns, tolerance_ns=int(preset.timing.tolerance_ms * 1e6)
@@ -108,6 +110,8 @@ class Daemon:
     # ---- output ------------------------------------------------------------------------
     def _send(self, msg) -> None:
         self.out.send(msg)
+        if msg[0] & 0xF0 == 0x90 and msg[2] > 0:
+            self.meter.sent(self.now_ns())
         if self.recorder is not None:
             self.recorder.companion(self.clock.beat_at(self.now_ns()), msg)
 
@@ -192,6 +196,8 @@ class Daemon:
             if self.recorder is not None:
                 self.recorder.player(self.clock.beat_at(t_ns), msg)
             asked = self.performer.handle(t_ns, msg)
+            if self.preset.harmonize and len(msg) == 3 and msg[0] & 0xF0 == 0x90 and msg[2]:
+                self.meter.asked(t_ns)  # a lead note harmonize answers at once
             if asked is not None:  # Program Change: what follows goes to the new preset
                 self.switch(asked.index)
             try:
@@ -301,6 +307,17 @@ class Daemon:
             "send_errors": stats["send_errors"],
             "errors": self.errors,
         }
+        if self.preset.harmonize:
+            lat = self.meter.summary(self.now_ns())
+            hits, misses = self.performer.speculation
+            fields.update(
+                answer_p50_ms=round(lat["p50_ms"], 2),
+                answer_p99_ms=round(lat["p99_ms"], 2),
+                answered=lat["n"],
+                held=lat["held"],
+                speculation_hits=hits,
+                speculation_misses=misses,
+            )
         if self.log_json:
             self.event("status", **fields)
         elif not self.quiet:
@@ -308,8 +325,10 @@ class Daemon:
                 f"{fields['preset']} [{fields['mode']}] {fields['bpm']} bpm "
                 f"({fields['clock']}) | in {fields['notes_in']} out {fields['notes_out']} | "
                 f"infer {fields['infer_p50_ms']}/{fields['infer_p99_ms']} ms p50/p99 | "
-                f"late {fields['late_dropped']} | {fields['provider']}"
             )
+            if "answer_p50_ms" in fields:  # harmonize: what the player hears, last minute
+                line += f"answer {fields['answer_p50_ms']}/{fields['answer_p99_ms']} ms | "
+            line += f"late {fields['late_dropped']} | {fields['provider']}"
             if fields["send_errors"]:
                 line += (
                     f" | SEND FAILING ({fields['send_errors']})"

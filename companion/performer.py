@@ -58,6 +58,13 @@ class Performer:
         """The execution providers the engines run on (Engine.provider), once each."""
         return sorted({e.provider for e in self.engines})
 
+    @property
+    def speculation(self) -> tuple[int, int]:
+        """(hits, misses) of harmonize's speculation: lead note-ons answered by a lookup,
+        and computed when they came (modes/accompaniment.py); (0, 0) in other modes."""
+        acc = getattr(self.mode, "accompaniment", self.mode)  # jam's accompanying half
+        return getattr(acc, "hits", 0), getattr(acc, "misses", 0)
+
     def start_messages(self) -> list[tuple[int, ...]]:
         """All notes off on the channels we use, then each track's Program Change."""
         msgs = [(0xB0 | ch, 123, 0) for o in self.outputs for ch in o.channels]
