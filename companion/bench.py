@@ -74,6 +74,13 @@ def run(args, sections: set[str]) -> dict:
             )
         if not shipped:
             skip("engine", f"no model in {zoo}")
+    if "speculation" in sections:
+        r["speculation"] = measure.measure_speculation(4 if args.smoke else 20, provider)
+        for name, sp in r["speculation"].items():
+            _log(
+                f"speculation, {name}: {sp['hits']} of {sp['lead_notes']} lead notes "
+                f"({sp['hit_rate']:.1%}); a step's CPU {_fmt(sp['job_cpu_ms'])}"
+            )
     r["machine"]["load_avg_end"] = measure.machine()["load_avg"]
     return r
 

@@ -357,6 +357,50 @@ def _bpm_of(model: Path) -> float:
     return 120.0
 
 
+def measure_speculation(pieces: int, provider: str = "auto") -> dict:
+    """Harmonize's speculation on melodies the model never saw, played offline as live (the
+    chorale preset, `speculate` on): of the lead note-ons, how many were answered by a
+    lookup; and what computing ahead costs in CPU time, per step computed and in all per
+    grid step (live, a worker thread spends it, the GIL free while the model runs). The
+    sopranos of the JSB test split (SATB benchmark data) and the held-out test tunes of
+    the folk model."""
+    from midi_companion.benchmarks import load_satb
+    from midi_companion.modelfile import load as load_model
+    from midi_companion.offline import perform
+    from midi_companion.quality import split_scores, spread
+    from midi_companion.score import Score, Track
+
+    preset = presets.load("chorale")
+    melodies = {
+        "JSB test sopranos": [s.tracks[0].notes for s in load_satb()["test"]],
+        "folk test tunes": [
+            s.tracks[0].notes
+            for s in split_scores(load_model(presets.zoo_dir() / "folk.onnx"))["test"]
+        ],
+    }
+    out = {}
+    for name, leads in melodies.items():
+        hits = misses = steps = 0
+        jobs: list[int] = []
+        for notes in spread([n for n in leads if n], pieces):
+            lead = Score(tracks=[Track(name="lead", program=52, notes=list(notes))])
+            done = []
+            perform(preset, lead, seed=0, provider=provider, speculate=True, on_done=done.append)
+            mode = done[0].mode
+            hits, misses = hits + mode.hits, misses + mode.misses
+            jobs += mode.speculator.jobs_ns
+            steps += math.ceil(lead.end / preset.timing.grid)
+        out[name] = {
+            "pieces": min(pieces, len(leads)),
+            "lead_notes": hits + misses,
+            "hits": hits,
+            "hit_rate": hits / max(1, hits + misses),
+            "job_cpu_ms": summary_ms(jobs),
+            "cpu_ms_per_grid_step": sum(jobs) / 1e6 / max(1, steps),
+        }
+    return out
+
+
 def measure_engine(path: Path, steps: int, provider: str = "auto") -> dict:
     """Per-step inference (onnxruntime, one thread, as the daemon runs it) while generating
     for real (sampling, grammar masks, decoding), the real-time factor of that generation,

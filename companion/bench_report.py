@@ -24,9 +24,11 @@ KEYS = {
     "session": "session",
     "startup": "startup",
     "engine": "engine",
+    "speculation": "speculation",
 }
 SECTIONS = tuple(KEYS)
-JACK_SECTIONS = tuple(s for s in SECTIONS if s != "engine")  # those measured through JACK
+OFFLINE_SECTIONS = ("engine", "speculation")  # measured without JACK
+JACK_SECTIONS = tuple(s for s in SECTIONS if s not in OFFLINE_SECTIONS)
 ANALYSIS = "## Analysis"  # from this heading on, docs/BENCHMARKS.md is hand-written and kept
 
 
@@ -350,6 +352,29 @@ def _details(r: dict) -> list[str]:
                 f"{e['parameters']:,} | {o['p50']:.3f} / {o['p99']:.3f} | {torch_cell} | "
                 f"{ratio} | {e['real_time_factor']:.0f}x ({e['beats']:.1f} beats at "
                 f"{e['bpm']:g} BPM in {e['seconds']:.2f} s) |"
+            )
+    if r.get("speculation"):
+        out += [
+            "",
+            "## Speculation (harmonize)",
+            "",
+            "Melodies the chorale model never saw, played offline as live (`--only "
+            "speculation`): a lead note-on is a hit when its step was computed ahead for its "
+            "pitch (answered by a lookup, no model call between the note and its voices). "
+            "Computing a step ahead (every likely lead pitch in one batch per token) costs "
+            "the CPU time below; live, a worker thread spends it while the daemon waits for "
+            "input, and onnxruntime releases the GIL while it runs.",
+            "",
+            "| melodies | pieces | lead notes | hits | hit rate | a step computed ahead, "
+            "CPU p50 / p99 / max ms | CPU ms per grid step |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, sp in r["speculation"].items():
+            w = sp["job_cpu_ms"]
+            out.append(
+                f"| {name} | {sp['pieces']} | {sp['lead_notes']} | {sp['hits']} | "
+                f"{sp['hit_rate']:.1%} | {w.get('p50', 0):.2f} / {w.get('p99', 0):.2f} / "
+                f"{w.get('max', 0):.2f} | {sp['cpu_ms_per_grid_step']:.2f} |"
             )
     if r.get("startup"):
         out += [

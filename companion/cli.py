@@ -363,9 +363,9 @@ def _bench_args(p):
     p.add_argument(
         "--only",
         nargs="+",
-        choices=["floor", "harmonize", "timing", "session", "startup", "engine"],
+        choices=["floor", "harmonize", "timing", "session", "startup", "engine", "speculation"],
         help="run only these measurements, merged into the report there (the "
-        "others kept); engine alone starts no JACK server",
+        "others kept); engine and speculation alone start no JACK server",
     )
     _provider_arg(p)
     p.add_argument("--markdown", default="docs/BENCHMARKS.md", metavar="FILE.md")

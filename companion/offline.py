@@ -30,6 +30,20 @@ class VirtualTime:
         return self.ns
 
 
+MIN_BPM, MAX_BPM = 20.0, 300.0  # what the companion plays at (as `companion run --bpm`)
+
+
+def check_tempos(score: Score, source: str) -> None:
+    """CompanionError naming `source` when a tempo of the file is one nobody plays at
+    (a damaged or hostile file: 1 us per beat is 60 million bpm)."""
+    for beat, bpm in score.tempos:
+        if not MIN_BPM <= bpm <= MAX_BPM:
+            raise CompanionError(
+                f"{source}: tempo {bpm:.6g} bpm at beat {beat:g} is outside "
+                f"{MIN_BPM:g}..{MAX_BPM:g} bpm, the tempi the companion plays at"
+            )
+
+
 def perform(
     preset: Preset,
     score: Score,
@@ -40,13 +54,17 @@ def perform(
     source: str = "the input",
     one_phrase: bool = False,
     speculate: bool = False,
+    on_done=None,
 ) -> Score:
     """Play `score` (all tracks as the player's part) into `preset`; return the player's
     parts as they came (`input_parts`, each on a channel of its own: see `place_parts`),
     then one track per generated part, on the preset's channels. CompanionError naming
     `source` (the input file) when the parts and the preset need more than 16 channels.
     `one_phrase`: the whole file is one phrase, answered at its end whatever silences it
-    holds (the quality report's prompts, cut from real pieces)."""
+    holds (the quality report's prompts, cut from real pieces). `speculate`: harmonize
+    computes ahead as live (the same notes, more work); `on_done(performer)` is called at
+    the end (the bench reads its counters)."""
+    check_tempos(score, source)
     parts = place_parts(input_parts(score), [c - 1 for c in preset.channels], source)
     if bars is not None:
         preset = replace(preset, timing=replace(preset.timing, bars=bars))
@@ -62,7 +80,12 @@ def perform(
     # no speculation: it changes no note (each step samples from its own generator), only
     # how early each is known, and here nobody waits
     performer = Performer(
-        preset, scheduler, clock, seed=seed, provider=provider, speculate=speculate
+        preset,
+        scheduler,
+        clock,
+        seed=seed,
+        provider=provider,
+        speculate="inline" if speculate else None,
     )
     inputs = _input_messages(score, clock)
     end = clock.time_at(score.end)
@@ -80,6 +103,8 @@ def perform(
             break
         now.ns = next_time(now.ns, scheduler, inputs[i][0] if i < len(inputs) else None)
     scheduler.stop()
+    if on_done is not None:
+        on_done(performer)
     return _result(score, parts, performer, clock, sent)
 
 

@@ -39,10 +39,10 @@ class Performer:
         clock,
         seed: int | None = None,
         provider: str = "auto",
-        speculate: bool = True,
+        speculate: str | None = "thread",
     ):
-        """`speculate`: harmonize computes ahead in idle moments (live); the offline
-        commands turn it off, since it changes no note, only when each is known."""
+        """`speculate`: how harmonize computes ahead ("thread" live, "inline" offline, None
+        not at all: it changes no note, only when each is known)."""
         self.preset = preset
         self.scheduler = scheduler
         self.clock = clock

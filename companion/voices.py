@@ -238,6 +238,9 @@ class NadeVoice(Voice):
         return np.zeros(self.keys, dtype=np.uint8)
 
 
+SLICE_MEMBERS = 8  # speculation yields after this many members' sampling (and each model call)
+
+
 @dataclass
 class Speculation:
     """A step computed ahead for several candidate leads (Accompanist.speculate): from
@@ -342,8 +345,8 @@ class Accompanist(Voice):
         every lead in `leads` at once: one batched model call per token position, so a
         note-on whose lead is among them is answered by a lookup (`adopt`). Members that
         have finished are fed END and keep their state. A generator that yields after each
-        model call (the caller spreads the work over idle moments) and returns the
-        Speculation."""
+        model call and after every SLICE_MEMBERS members' sampling (the caller spreads the
+        work over idle moments), and returns the Speculation."""
         state0, _, profile, prev = snap
         n = len(leads)
         # every member draws from its own copy of `rng`: what it samples is what step()
@@ -370,10 +373,12 @@ class Accompanist(Voice):
             tokens = [pending[i][1] if active[i] else self.end for i in range(n)]
             out, new = self.engine.run({"token": np.array(tokens, np.int64)[:, None]}, state)
             state = self.engine.where(active, new, state)
-            for i in np.flatnonzero(active):
-                logits[i] = out["logits"][i]
-                advance(i, logits[i])
             yield
+            for j, i in enumerate(np.flatnonzero(active)):
+                logits[i] = out["logits"][i]
+                advance(i, logits[i])  # a member's sampling: Python work, so a few at a time
+                if j % SLICE_MEMBERS == SLICE_MEMBERS - 1:
+                    yield
         return Speculation(snap, list(leads), [r[0] for r in results], state, logits, results)
 
     def adopt(self, spec: Speculation, i: int) -> list[set[int]]:

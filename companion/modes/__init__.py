@@ -19,7 +19,7 @@ class BuiltMode:
 
 
 def build(
-    preset, scheduler, clock, rng, provider: str = "auto", speculate: bool = True
+    preset, scheduler, clock, rng, provider: str = "auto", speculate: str | None = "thread"
 ) -> BuiltMode:
     """The mode `preset` asks for (continue, accompany or jam), its models loaded and warmed
     up on `provider`, sending through `scheduler` at `clock`'s times."""

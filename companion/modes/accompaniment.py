@@ -16,13 +16,11 @@ same is held; one that changes is released and the new one struck.
   voices hold (a breath between phrases, a late note); after `REST_BEATS` of rest they end.
   Those steps are fed to the model as played, so it knows what sounds.
 - Speculation (harmonize): between lead notes the state before the step a note-on would
-  land on is known, so in idle moments (`tick`, a few batched model calls at a time) the
-  whole step is computed ahead for the lead pitches within `SPECULATE_SPAN` semitones of
-  the last and the `SPECULATE_K` the model finds likeliest there, in one batch
-  (Accompanist.speculation), for this step and the next. A note-on whose step and
-  lead were computed is answered by a lookup: every voice is sent at once, with no model
-  call between the note and the answer; any other note-on is computed as before. `hits`
-  and `misses` count the note-ons of each kind.
+  land on is known, so meanwhile the whole step is computed ahead for the likely lead
+  pitches in one batch (companion/speculator.py: a worker thread live, inline offline). A
+  note-on whose step and lead were computed is answered by a lookup: every voice is sent
+  at once, with no model call between the note and the answer; any other note-on is
+  computed as before. `hits` and `misses` count the note-ons of each kind.
 """
 
 from __future__ import annotations
@@ -35,12 +33,10 @@ import numpy as np
 from midi_companion.modes.continuation import Continuation
 from midi_companion.output import Output
 from midi_companion.representations.base import NoteEvent, quantize
+from midi_companion.speculator import Speculator
 
 REST_BEATS = 1.0  # harmonize: the voices hold through a rest of the lead this long
 HISTORY_STEPS = 8  # committed steps that can be taken back (lookahead + a grid step is ~2)
-SPECULATE_SPAN = 7  # lead pitches computed ahead: within this many semitones of the last
-SPECULATE_K = 4  # ... and the model's likeliest lead pitches there
-SPECULATE_CALLS = 2  # batched model calls per tick: what an incoming note may wait (~0.2 ms)
 
 
 @dataclass
@@ -53,7 +49,9 @@ class _Committed:
 class Accompaniment:
     """Turn-taking for accompany (and the accompanying half of jam)."""
 
-    def __init__(self, accompanist, preset, output: Output, rng, speculate: bool = True):
+    def __init__(self, accompanist, preset, output: Output, rng, speculate: str | None = "thread"):
+        """`speculate`: "thread" (live: computed ahead by a worker thread), "inline"
+        (offline: computed when asked, as if every step left enough idle time) or None."""
         self.acc = accompanist
         self.preset = preset
         self.output = output
@@ -62,7 +60,7 @@ class Accompaniment:
         self.seed = int(rng.integers(2**62))
         self.grid = accompanist.grid
         self.harmonize = preset.harmonize
-        self.speculate = speculate and self.harmonize
+        self.speculate = bool(speculate) and self.harmonize
         self.sounding: set[int] = set()  # lead pitches held now
         self.next_step: int | None = None  # first step not committed yet
         self.history: deque[_Committed] = deque(maxlen=HISTORY_STEPS)
@@ -70,9 +68,12 @@ class Accompaniment:
         self.active = True
         self.last_input: float | None = None
         self.last_off: float | None = None  # when the lead last fell silent
-        self.specs: dict[int, tuple] = {}  # step -> (base key, Speculation)
-        self._job = None  # (step, base key, generator) being computed
         self.hits = self.misses = 0
+        self.speculator = (
+            Speculator(accompanist, self._rng, inline=speculate == "inline")
+            if self.speculate
+            else None
+        )
         self.last_pitch: int | None = None  # the lead's last note-on: speculation's centre
 
     # ---- input -------------------------------------------------------------------------
@@ -146,34 +147,18 @@ class Accompaniment:
         return None, None
 
     def _speculate(self, now: float) -> None:
-        """Spend a few batched model calls computing ahead the step a note-on would land on
-        now, then the one after it."""
+        """Ask for the step a note-on would land on next computed ahead (a note lands on
+        it from half a grid step before its line), then the current one if its base has
+        changed since (a take-back, a note-off)."""
         held = frozenset(self.sounding)
-        for step in (quantize(now, self.grid), quantize(now, self.grid) + 1):
+        for step in (quantize(now, self.grid) + 1, quantize(now, self.grid)):
             key, snap = self._base(step)
-            if key is None or self.specs.get(step, (None,))[:2] == (key, held):
+            if key is None or self.speculator.ready(step, key, held):
                 continue
-            if self._job is None or self._job[:3] != (step, key, held):
+            if not self.speculator.busy_with(step, key, held):
                 snap = snap if snap is not None else self.acc.snapshot()
-                pitches = self.acc.lead_candidates(snap, SPECULATE_K)
-                if self.last_pitch is not None:
-                    near = range(
-                        self.last_pitch - SPECULATE_SPAN, self.last_pitch + SPECULATE_SPAN + 1
-                    )
-                    pitches = list(dict.fromkeys([*near, *pitches]))
-                leads = [frozenset({p}) for p in pitches]
-                if held:  # the new note may come while the last one still sounds (legato)
-                    leads += [held | {p} for p in pitches if p not in held]
-                self._job = (step, key, held, self.acc.speculation(snap, leads, self._rng(step)))
-            for _ in range(SPECULATE_CALLS):
-                try:
-                    next(self._job[3])
-                except StopIteration as done:
-                    self.specs = {s: v for s, v in self.specs.items() if s >= step - 1}
-                    self.specs[step] = (key, held, done.value)
-                    self._job = None
-                    break
-            return  # one job's worth per tick
+                self.speculator.want(step, key, held, snap, self.last_pitch)
+            return
 
     def _answer_from_speculation(self, step: int, entry, beat: float) -> bool:
         """A note-on at `step` whose lead was computed ahead from the state it would be
@@ -182,14 +167,13 @@ class Accompaniment:
         if not self.speculate:
             return False
         key, _ = self._base(step)
-        found = self.specs.get(step)
         lead = frozenset(self.sounding)
-        i = found[2].find(lead) if found is not None and found[0] == key else None
-        if i is None:
+        found = self.speculator.find(step, key, lead) if key is not None else None
+        if found is None:
             self.misses += 1
             return False
         self.hits += 1
-        spec = found[2]
+        spec, i = found
         if entry is not None:
             self._take_back(entry, beat)
         self.history.append(_Committed(step, lead, spec.base))
@@ -244,7 +228,8 @@ class Accompaniment:
     # ---- stopping ----------------------------------------------------------------------
     def release(self, beat: float) -> None:
         """Stop accompanying: cancel what is pending, end what sounds."""
-        self.specs, self._job = {}, None
+        if self.speculator is not None:
+            self.speculator.clear()
         self.output.cancel_after(beat)
         self.voices = [set() for _ in self.voices]
         self.next_step = None

@@ -1,0 +1,125 @@
+"""Harmonize's speculation: the step a lead note-on would land on, computed ahead for the
+lead pitches it will likely be (Accompanist.speculation), so that the note-on is answered
+by a lookup (modes/accompaniment.py).
+
+Live, a worker thread computes: onnxruntime releases the GIL while it runs, so a note that
+comes meanwhile is handled at once and no due send waits for the work. Offline (`inline`),
+a wish is computed where it is made, so a file's run measures the hit rate as if every
+grid step had left enough idle time. Either way the notes are the same: each member draws
+from the step's own generator.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+import weakref
+from collections import deque
+
+SPAN = 5  # lead pitches computed ahead: within this many semitones of the last lead note
+TOP_K = 2  # ... and the model's likeliest lead pitches there
+_STOP = threading.Event()  # the interpreter is ending: workers leave onnxruntime first
+_WORKERS: list[threading.Thread] = []
+
+
+class Speculator:
+    def __init__(self, acc, rng_for, inline: bool = False):
+        """`acc`: the Accompanist; `rng_for(step)`: the step's generator."""
+        self.acc, self.rng_for, self.inline = acc, rng_for, inline
+        self.done: dict[int, tuple] = {}  # step -> (base key, held, Speculation)
+        self.jobs_ns: deque[int] = deque(maxlen=4096)  # CPU time of each finished job
+        self._wanted: tuple | None = None  # the newest wish, not started yet
+        self._running: tuple | None = None
+        self._cv = threading.Condition()
+        if not inline:
+            worker = threading.Thread(
+                target=_work, args=(weakref.ref(self),), name="speculation", daemon=True
+            )
+            _WORKERS[:] = [w for w in _WORKERS if w.is_alive()] + [worker]
+            worker.start()
+
+    def ready(self, step: int, key, held: frozenset[int]) -> bool:
+        """Whether `step` is computed from base `key` with the lead holding `held`."""
+        return self.done.get(step, (None, None))[:2] == (key, held)
+
+    def busy_with(self, step: int, key, held: frozenset[int]) -> bool:
+        """Whether that is asked for or under way."""
+        ident = (step, key, held)
+        return any(j is not None and j[:3] == ident for j in (self._running, self._wanted))
+
+    def want(self, step: int, key, held: frozenset[int], snap, last_pitch: int | None) -> None:
+        """Compute `step` from the snapshot `snap` (base `key`), the lead holding `held`;
+        a newer wish replaces one not started and stops one under way."""
+        job = (step, key, held, snap, last_pitch)
+        if self.inline:
+            self._compute(job)
+            return
+        with self._cv:
+            self._wanted = job
+            self._cv.notify()
+
+    def find(self, step: int, key, lead: frozenset[int]):
+        """(Speculation, member) computed for `step` from base `key` with `lead`, or None."""
+        found = self.done.get(step)
+        if found is None or found[0] != key:
+            return None
+        i = found[2].find(lead)
+        return None if i is None else (found[2], i)
+
+    def clear(self) -> None:
+        with self._cv:
+            self._wanted = None
+            self.done = {}
+
+    def _compute(self, job) -> None:
+        step, key, held, snap, last = job
+        t0 = time.thread_time_ns()
+        pitches = self.acc.lead_candidates(snap, TOP_K)
+        if last is not None:
+            pitches = list(dict.fromkeys([*range(last - SPAN, last + SPAN + 1), *pitches]))
+        leads = [frozenset({p}) for p in pitches]
+        if held:  # the new note may come while the last one still sounds (legato)
+            leads += [held | {p} for p in pitches if p not in held]
+        work = self.acc.speculation(snap, leads, self.rng_for(step))
+        while True:
+            try:
+                next(work)
+            except StopIteration as finished:
+                spec = finished.value
+                break
+            if (self._wanted is not None and not self.inline) or _STOP.is_set():
+                return  # superseded (the newer wish is taken up next), or the end
+        done = {s: v for s, v in self.done.items() if s >= step - 1}
+        done[step] = (key, held, spec)
+        self.done = done  # one assignment: a reader sees the old dict or the new
+        self.jobs_ns.append(time.thread_time_ns() - t0)
+
+
+def _work(ref) -> None:
+    """The worker: take the newest wish, compute it, again; ends with its Speculator."""
+    while not _STOP.is_set():
+        me = ref()
+        if me is None:
+            return
+        with me._cv:
+            if me._wanted is None:
+                me._cv.wait(0.5)
+            job, me._wanted = me._wanted, None
+            me._running = job
+        if job is not None:
+            try:
+                me._compute(job)
+            except Exception:  # noqa: BLE001 - a failed guess is a miss, never an error
+                pass
+        me._running = None
+        del me
+
+
+@atexit.register
+def _stop_workers() -> None:
+    """Let every worker leave onnxruntime before the interpreter ends (a thread still in
+    it then aborts the process)."""
+    _STOP.set()
+    for w in _WORKERS:
+        w.join(timeout=2.0)
