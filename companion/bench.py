@@ -99,7 +99,14 @@ def _through_jack(
             r["harmonize"] = h = measure.measure_harmonize(
                 path, 100 if smoke else 500, 120, provider
             )
-            _log(f"harmonize: {_fmt(h['latency_ms'])}, answered {h['answered']}/{h['notes']}")
+            spec = h.get("speculation") or {}
+            _log(
+                f"harmonize: {_fmt(h['latency_ms'])}, answered {h['answered']}/{h['notes']}; "
+                f"speculation {spec.get('hits', 0)} hits, {spec.get('misses', 0)} misses; "
+                f"the daemon's meter: answered {spec.get('daemon_answered')} (p50 "
+                f"{spec.get('daemon_answer_p50_ms')} / p99 {spec.get('daemon_answer_p99_ms')} ms), "
+                f"held {spec.get('daemon_held')}"
+            )
         else:
             skip("harmonize", f"no chorale model in {zoo}")
     if "timing" in sections:

@@ -241,6 +241,18 @@ def measure_harmonize(preset: Path, notes: int, bpm: float, provider: str = "aut
         "grid": grid,
         "latency_ms": summary_ms(latencies),
         "late_dropped": stopped["late_dropped"],
+        "speculation": {
+            "hits": status[-1].get("speculation_hits", 0),
+            "misses": status[-1].get("speculation_misses", 0),
+            # the daemon's own meter (input stamp -> its send, last minute): lead notes
+            # answered within 20 ms, and those under which every voice held
+            "daemon_answer_p50_ms": status[-1].get("answer_p50_ms"),
+            "daemon_answer_p99_ms": status[-1].get("answer_p99_ms"),
+            "daemon_answered": status[-1].get("answered"),
+            "daemon_held": status[-1].get("held"),
+        }
+        if status
+        else None,
         "inference_ms": {"p50": status[-1]["infer_p50_ms"], "p99": status[-1]["infer_p99_ms"]}
         if status
         else None,

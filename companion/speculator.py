@@ -31,6 +31,7 @@ class Speculator:
         self.jobs_ns: deque[int] = deque(maxlen=4096)  # CPU time of each finished job
         self._wanted: tuple | None = None  # the newest wish, not started yet
         self._running: tuple | None = None
+        self._cancelled = False
         self._cv = threading.Condition()
         if not inline:
             worker = threading.Thread(
@@ -68,8 +69,11 @@ class Speculator:
         return None if i is None else (found[2], i)
 
     def clear(self) -> None:
+        """Forget every result and stop the work under way (a note-on computed the usual
+        way needs the CPU, and the base of that work is gone with it)."""
         with self._cv:
             self._wanted = None
+            self._cancelled = True
             self.done = {}
 
     def _compute(self, job) -> None:
@@ -88,8 +92,11 @@ class Speculator:
             except StopIteration as finished:
                 spec = finished.value
                 break
-            if (self._wanted is not None and not self.inline) or _STOP.is_set():
-                return  # superseded (the newer wish is taken up next), or the end
+            if self.inline:
+                continue
+            if self._wanted is not None or self._cancelled or _STOP.is_set():
+                return  # superseded (the newer wish is taken up next), cancelled, the end
+            time.sleep(0)  # hand the GIL over: a note-on waiting on the main thread goes first
         done = {s: v for s, v in self.done.items() if s >= step - 1}
         done[step] = (key, held, spec)
         self.done = done  # one assignment: a reader sees the old dict or the new
@@ -106,7 +113,7 @@ def _work(ref) -> None:
             if me._wanted is None:
                 me._cv.wait(0.5)
             job, me._wanted = me._wanted, None
-            me._running = job
+            me._running, me._cancelled = job, False
         if job is not None:
             try:
                 me._compute(job)

@@ -171,6 +171,7 @@ class Accompaniment:
         found = self.speculator.find(step, key, lead) if key is not None else None
         if found is None:
             self.misses += 1
+            self.speculator.clear()  # its work is stale now, and the note needs the CPU
             return False
         self.hits += 1
         spec, i = found
