@@ -8,10 +8,12 @@ output callback (what a MIDI port would see), for a few set-ups:
   calls);
 
 each with CPython's default GIL switch interval (5 ms) and with the one configure_realtime()
-sets (0.5 ms), and with and without the final spin (default 0.25 ms).
+sets (0.5 ms), with and without the final spin (default 0.25 ms), and with the sending
+thread at normal priority and under SCHED_FIFO (what configure_realtime() asks for; where
+the system refuses it the row says "normal").
 
 Usage: python benchmarks/scheduler_jitter.py [--n 2000] [--spacing-ms 2]
-       [--switch-ms 5 0.5 0.1] [--spin-ms 1 0.25 0]
+       [--switch-ms 5 0.5 0.1] [--spin-ms 1 0.25 0] [--priority normal fifo]
 A report, not a test: numbers depend on the machine and its load.
 """
 
@@ -23,12 +25,14 @@ import sys
 import threading
 import time
 
+from midi_companion import scheduler as scheduler_module
 from midi_companion.scheduler import (
     DEFAULT_SPIN_NS,
     DEFAULT_TOLERANCE_NS,
     REALTIME_SWITCH_INTERVAL_S,
     Scheduler,
 )
+from midi_companion.stats import percentiles
 
 LEAD_NS = 50_000_000  # the first message is due this far after scheduling
 
@@ -39,8 +43,9 @@ def burn(stop: threading.Event) -> None:
         sum(i * i for i in range(2_000))
 
 
-def measure(n: int, spacing_ns: int, busy: bool, spin_ns: int) -> list[int]:
-    """Lateness (ns) of each of n messages, measured in the send callback."""
+def measure(n: int, spacing_ns: int, busy: bool, spin_ns: int) -> tuple[list[int], str]:
+    """Lateness (ns) of each of n messages, measured in the send callback; the sending
+    thread's priority."""
     stamps: list[int] = []
     done = threading.Event()
 
@@ -59,25 +64,17 @@ def measure(n: int, spacing_ns: int, busy: bool, spin_ns: int) -> list[int]:
     sched.schedule_many((due, (0xB0, 1, k % 128)) for k, due in enumerate(dues))
     done.wait(n * spacing_ns / 1e9 + 10)
     stop.set()
+    priority = sched.priority
     sched.stop()
     if busy:
         burner.join()
-    return [abs(s - d) for s, d in zip(stamps, dues)]
-
-
-def percentile(sorted_values: list[int], q: float) -> int:
-    return sorted_values[
-        min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
-    ]
+    return [abs(s - d) for s, d in zip(stamps, dues)], priority
 
 
 def report(label: str, lateness: list[int]) -> str:
-    v = sorted(lateness)
-    over = sum(1 for x in v if x > DEFAULT_TOLERANCE_NS)
-    return (
-        f"{label:<36} {percentile(v, 50) / 1e6:8.3f} {percentile(v, 99) / 1e6:8.3f} "
-        f"{v[-1] / 1e6:8.3f} {over:>6d}"
-    )
+    p50, p99 = percentiles(lateness, 50, 99)
+    over = sum(1 for x in lateness if x > DEFAULT_TOLERANCE_NS)
+    return f"{label:<50} {p50 / 1e6:8.3f} {p99 / 1e6:8.3f} {max(lateness) / 1e6:8.3f} {over:>6d}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[DEFAULT_SPIN_NS / 1e6, 0.0],
         help="spins to try (default: the Scheduler's, then none)",
     )
+    parser.add_argument(
+        "--priority",
+        nargs="+",
+        choices=["normal", "fifo"],
+        default=["normal", "fifo"],
+        help="the sending thread's scheduling to try (default: both)",
+    )
     args = parser.parse_args(argv)
     spacing = round(args.spacing_ms * 1e6)
     default_interval = sys.getswitchinterval()
@@ -107,16 +111,19 @@ def main(argv: list[str] | None = None) -> int:
         f"|lateness| in ms; '>tol' = later than the {DEFAULT_TOLERANCE_NS / 1e6:g} ms "
         f"note-on tolerance"
     )
-    print(f"{'set-up':<36} {'p50':>8} {'p99':>8} {'max':>8} {'>tol':>6}")
+    print(f"{'set-up':<50} {'p50':>8} {'p99':>8} {'max':>8} {'>tol':>6}")
     for busy in (False, True):
         for switch_ms in switches:
             sys.setswitchinterval(switch_ms / 1e3)
             for spin_ms in args.spin_ms:
-                label = (
-                    f"{'busy' if busy else 'idle'}, switch {switch_ms:g} ms, spin {spin_ms:g} ms"
-                )
-                lateness = measure(args.n, spacing, busy, round(spin_ms * 1e6))
-                print(report(label, lateness), flush=True)
+                for wanted in args.priority:
+                    scheduler_module._realtime = wanted == "fifo"
+                    lateness, got = measure(args.n, spacing, busy, round(spin_ms * 1e6))
+                    label = (
+                        f"{'busy' if busy else 'idle'}, switch {switch_ms:g} ms, "
+                        f"spin {spin_ms:g} ms, {got.split(' (')[0]}"
+                    )
+                    print(report(label, lateness), flush=True)
     sys.setswitchinterval(default_interval)
     return 0
 
