@@ -103,9 +103,9 @@ def _through_jack(
             _log(
                 f"harmonize: {_fmt(h['latency_ms'])}, answered {h['answered']}/{h['notes']}; "
                 f"speculation {spec.get('hits', 0)} hits, {spec.get('misses', 0)} misses; "
-                f"the daemon's meter: answered {spec.get('daemon_answered')} (p50 "
-                f"{spec.get('daemon_answer_p50_ms')} / p99 {spec.get('daemon_answer_p99_ms')} ms), "
-                f"held {spec.get('daemon_held')}"
+                f"a voice struck under {spec.get('struck')} lead notes, all held under "
+                f"{spec.get('held')}; the daemon's meter p50 {spec.get('daemon_answer_p50_ms')}"
+                f" / p99 {spec.get('daemon_answer_p99_ms')} ms"
             )
         else:
             skip("harmonize", f"no chorale model in {zoo}")

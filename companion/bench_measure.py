@@ -244,12 +244,12 @@ def measure_harmonize(preset: Path, notes: int, bpm: float, provider: str = "aut
         "speculation": {
             "hits": status[-1].get("speculation_hits", 0),
             "misses": status[-1].get("speculation_misses", 0),
-            # the daemon's own meter (input stamp -> its send, last minute): lead notes
-            # answered within 20 ms, and those under which every voice held
+            # the daemon's own meter (input stamp -> its send, last minute)
             "daemon_answer_p50_ms": status[-1].get("answer_p50_ms"),
             "daemon_answer_p99_ms": status[-1].get("answer_p99_ms"),
-            "daemon_answered": status[-1].get("answered"),
-            "daemon_held": status[-1].get("held"),
+            # the lead notes under which a voice was struck at once, and every voice held
+            "struck": status[-1].get("lead_struck"),
+            "held": status[-1].get("lead_held"),
         }
         if status
         else None,

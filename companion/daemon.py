@@ -310,14 +310,16 @@ class Daemon:
         }
         if self.preset.harmonize:
             lat = self.meter.summary(self.now_ns())
-            hits, misses = self.performer.speculation
+            h = self.performer.harmonized
             fields.update(
                 answer_p50_ms=round(lat["p50_ms"], 2),
                 answer_p99_ms=round(lat["p99_ms"], 2),
                 answered=lat["n"],
                 held=lat["held"],
-                speculation_hits=hits,
-                speculation_misses=misses,
+                speculation_hits=h["hits"],
+                speculation_misses=h["misses"],
+                lead_struck=h["struck_notes"],
+                lead_held=h["held_notes"],
             )
         if self.log_json:
             self.event("status", **fields)

@@ -59,11 +59,13 @@ class Performer:
         return sorted({e.provider for e in self.engines})
 
     @property
-    def speculation(self) -> tuple[int, int]:
-        """(hits, misses) of harmonize's speculation: lead note-ons answered by a lookup,
-        and computed when they came (modes/accompaniment.py); (0, 0) in other modes."""
+    def harmonized(self) -> dict[str, int]:
+        """Harmonize's lead note-ons (modes/accompaniment.py): answered by a lookup
+        (speculation hits) or computed when they came (misses); a voice struck with the
+        note, or every voice held. Zeros in other modes."""
         acc = getattr(self.mode, "accompaniment", self.mode)  # jam's accompanying half
-        return getattr(acc, "hits", 0), getattr(acc, "misses", 0)
+        names = ("hits", "misses", "struck_notes", "held_notes")
+        return {name: getattr(acc, name, 0) for name in names}
 
     def start_messages(self) -> list[tuple[int, ...]]:
         """All notes off on the channels we use, then each track's Program Change."""

@@ -85,3 +85,4 @@ def test_the_live_daemon_measures_harmonize_answers_and_speculates(capsys):
     assert status["answered"] >= 1 and status["answer_p50_ms"] <= status["answer_p99_ms"]
     assert status["speculation_hits"] + status["speculation_misses"] == 12
     assert status["speculation_hits"] >= 1  # the rate is the bench's to measure
+    assert status["lead_struck"] + status["lead_held"] == 12

@@ -69,6 +69,9 @@ class Accompaniment:
         self.last_input: float | None = None
         self.last_off: float | None = None  # when the lead last fell silent
         self.hits = self.misses = 0
+        # harmonized lead note-ons under which a voice was struck at once / every voice held
+        self.struck_notes = self.held_notes = 0
+        self._struck = False
         self.speculator = (
             Speculator(accompanist, self._rng, inline=speculate == "inline")
             if self.speculate
@@ -89,17 +92,25 @@ class Accompaniment:
             self.acc.reset(step)
         if not self.harmonize:
             return
+        self._struck = False
+        if self._answer(step, pitch, beat):  # counted: a voice struck with the note, or not
+            self.struck_notes += self._struck
+            self.held_notes += not self._struck
+
+    def _answer(self, step: int, pitch: int, beat: float) -> bool:
+        """Harmonize a lead note-on at once; False when there was nothing to do."""
         if step < self.next_step:
             entry = self._committed(step)
             if entry is None or pitch in entry.lead:
-                return  # too old to take back, or nothing new for it
+                return False  # too old to take back, or nothing new for it
             if self._answer_from_speculation(step, entry, beat):
-                return
+                return True
             self._take_back(entry, beat)
         elif self._answer_from_speculation(step, None, beat):
-            return
+            return True
         while self.next_step <= step:
             self._commit(self.next_step, at=beat if self.next_step == step else None)
+        return True
 
     def note_off(self, beat: float, pitch: int) -> None:
         self.sounding.discard(pitch)
@@ -225,6 +236,7 @@ class Accompaniment:
         events += [NoteEvent(beat, p, self.acc.velocity, k) for p in sorted(new - old)]
         self.voices[k] = set(new)
         self.output.play(events, asap=asap)
+        self._struck |= asap and bool(new - old)
 
     # ---- stopping ----------------------------------------------------------------------
     def release(self, beat: float) -> None:
