@@ -413,6 +413,21 @@ def measure_speculation(pieces: int, provider: str = "auto") -> dict:
     return out
 
 
+def protocol_of(path: Path) -> str:
+    from midi_companion.modelfile import load
+
+    return load(path).protocol
+
+
+def steps_in_time(path: Path) -> bool:
+    """Whether the model file generates step by step (a voice or the accompanist drives
+    it): what the engine section times. One-shot graphs (a GAN's generator, the band's
+    block steps, a classifier) are timed by their own commands."""
+    from midi_companion.voices import DRIVERS, Accompanist
+
+    return protocol_of(path) in {*DRIVERS, Accompanist.protocol}
+
+
 def measure_engine(path: Path, steps: int, provider: str = "auto") -> dict:
     """Per-step inference (onnxruntime, one thread, as the daemon runs it) while generating
     for real (sampling, grammar masks, decoding), the real-time factor of that generation,
