@@ -51,6 +51,9 @@ PROTOCOL_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]] | None] = {
     "frame-step": (("frame",), ("logits",)),
     "nade-step": (("token",), ("logits",)),
     "multitrack-step": None,
+    "classify": (("tokens", "lengths"), ("logits",)),  # one-shot: a phrase -> class logits
+    "generator": (("noise",), ("block",)),  # stateless: noise -> a block (models/gan.py)
+    "band-step": (("lead", "noise"), ("lead_next",)),
 }
 
 

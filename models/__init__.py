@@ -15,4 +15,10 @@ FAMILY_MODULES = {
     "roll-nade-lstm": "midi_companion.models.roll_nade",
     "multitrack-lstm": "midi_companion.models.multitrack_lstm",
     "lstm-vae": "midi_companion.models.lstm_vae",
+    "classifier": "midi_companion.models.classifier",
+    "transformer-vae": "midi_companion.models.transformer_vae",
+    "dcgan": "midi_companion.models.gan",
+    "note-gan": "midi_companion.models.gan",
+    "image-gan": "midi_companion.models.gan",
+    "vae-nn": "midi_companion.models.vae_nn",
 }

@@ -29,6 +29,18 @@ def build(
     from midi_companion.output import Output
     from midi_companion.voices import accompanist_for, voice_for
 
+    if preset.mode == "continue" and preset.bridge is not None:
+        from midi_companion.modes import bridge
+
+        return bridge.build(preset, scheduler, clock, rng, provider)
+    if preset.mode == "band":
+        from midi_companion.modes import band
+
+        return band.build(preset, scheduler, clock, rng, provider)
+    if preset.mode == "pattern":
+        from midi_companion.modes import pattern
+
+        return pattern.build(preset, scheduler, clock, rng, provider)
     if preset.mode == "continue":
         model = load_model(preset.model)
         voice = voice_for(model, provider=provider)
