@@ -45,7 +45,9 @@ def _offline(args, mode: str, bars=None) -> int:
 
     preset = presets.load(args.preset)
     check_output(args.output, "-o", inputs=[args.input])
-    if preset.mode != mode and not (mode == "accompany" and preset.mode in ("jam", "pattern")):
+    if preset.mode != mode and not (
+        mode == "accompany" and preset.mode in ("jam", "pattern", "band")
+    ):
         raise PresetError(
             f"{preset.path}: mode is {preset.mode!r}; `companion {mode}` needs "
             f"a preset whose mode is {mode!r}"

@@ -170,7 +170,10 @@ def test_params_round_trip_through_json(params):
         ({"grid": 0}, r"grid .*received 0\)"),
         ({"low": 60, "high": 50}, r"low must be <= high \(received low=60, high=50\)"),
         ({"high": 128}, r"high must be a MIDI pitch 0..127 \(received 128\)"),
-        ({"scheme": "lpd17"}, r"scheme must be one of \['lpd5', 'satb'\] \(received 'lpd17'\)"),
+        (
+            {"scheme": "lpd17"},
+            r"scheme must be one of \['lpd5', 'quartet', 'satb'\] \(received 'lpd17'\)",
+        ),
         ({"tracks": ("soprano", "piano")}, r"satb scheme .*received \['soprano', 'piano'\]"),
         ({"tracks": ("bass", "bass")}, r"distinct names"),
     ],

@@ -21,6 +21,9 @@ Schemes (``tracks`` picks and orders the rows, default all of the scheme's, in o
   the held non-drum part with the highest mean pitch (earliest on ties). Leave "lead" out of
   ``tracks`` for the plain five LPD-5 rows. Decoded tracks get their family's first
   program (lead: 0) and drums ``is_drum``.
+- ``quartet``: violin1, violin2, viola, cello: the score's non-drum parts in order (a
+  string quartet's score order), parts beyond four dropped; rows keep every pitch (double
+  stops). Decoded as violin (40), violin, viola (41), cello (42).
 
 The streaming encoder's ``track`` argument is the row index (live input is already
 routed to rows); ``rep.arrange(score)`` lays a score out as rows, so that
@@ -50,13 +53,15 @@ from midi_companion.score import Score, Track
 
 SATB = ("soprano", "alto", "tenor", "bass")
 LPD5 = ("lead", "piano", "guitar", "bass", "strings", "drums")
-SCHEMES = {"satb": SATB, "lpd5": LPD5}
+QUARTET = ("violin1", "violin2", "viola", "cello")
+SCHEMES = {"satb": SATB, "lpd5": LPD5, "quartet": QUARTET}
 
 CHOIR = 52
 #: General MIDI program of each decoded track, per scheme and track name (drums: is_drum)
 PROGRAMS = {
     "satb": dict.fromkeys(SATB, CHOIR),
     "lpd5": {"lead": 0, "piano": 0, "guitar": 24, "bass": 32, "strings": 40, "drums": 0},
+    "quartet": {"violin1": 40, "violin2": 40, "viola": 41, "cello": 42},
 }
 #: satb rows that keep their highest pitch when a part sounds several (the others: lowest)
 KEEP_HIGHEST = ("soprano", "alto")
@@ -81,8 +86,8 @@ def lpd5_family(track: Track) -> str | None:
 
 @dataclass(frozen=True)
 class MultiTrackParams(Params):
-    """grid: beats per step; low, high: key range (MIDI pitches, inclusive); scheme: satb or
-    lpd5; tracks: the scheme's track names to hold, in row order (empty = all);
+    """grid: beats per step; low, high: key range (MIDI pitches, inclusive); scheme: satb,
+    lpd5 or quartet; tracks: the scheme's track names to hold, in row order (empty = all);
     velocity: velocity of decoded notes."""
 
     grid: float = 0.25
@@ -159,6 +164,9 @@ class MultiTrack(Representation):
         """For each row, the indices of the score's tracks merged into it (others dropped)."""
         if self.params.scheme == "satb":
             part_of = _satb_parts(score)
+        elif self.params.scheme == "quartet":
+            parts = [i for i, t in enumerate(score.tracks) if not t.is_drum]
+            part_of = dict(zip(parts, QUARTET))
         else:
             part_of = _lpd5_parts(score, with_lead="lead" in self.params.tracks)
         return [[i for i, name in part_of.items() if name == row] for row in self.params.tracks]
