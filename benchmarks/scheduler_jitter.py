@@ -8,12 +8,10 @@ output callback (what a MIDI port would see), for a few set-ups:
   calls);
 
 each with CPython's default GIL switch interval (5 ms) and with the one configure_realtime()
-sets (0.5 ms), with and without the final spin (default 0.25 ms), and with the sending
-thread at normal priority and under SCHED_FIFO (what configure_realtime() asks for; where
-the system refuses it the row says "normal").
+sets (0.5 ms), and with and without the final spin (default 0.25 ms).
 
 Usage: python benchmarks/scheduler_jitter.py [--n 2000] [--spacing-ms 2]
-       [--switch-ms 5 0.5 0.1] [--spin-ms 1 0.25 0] [--priority normal fifo]
+       [--switch-ms 5 0.5 0.1] [--spin-ms 1 0.25 0]
 A report, not a test: numbers depend on the machine and its load.
 """
 
@@ -25,7 +23,6 @@ import sys
 import threading
 import time
 
-from midi_companion import scheduler as scheduler_module
 from midi_companion.scheduler import (
     DEFAULT_SPIN_NS,
     DEFAULT_TOLERANCE_NS,
@@ -43,9 +40,8 @@ def burn(stop: threading.Event) -> None:
         sum(i * i for i in range(2_000))
 
 
-def measure(n: int, spacing_ns: int, busy: bool, spin_ns: int) -> tuple[list[int], str]:
-    """Lateness (ns) of each of n messages, measured in the send callback; the sending
-    thread's priority."""
+def measure(n: int, spacing_ns: int, busy: bool, spin_ns: int) -> list[int]:
+    """Lateness (ns) of each of n messages, measured in the send callback."""
     stamps: list[int] = []
     done = threading.Event()
 
@@ -64,11 +60,10 @@ def measure(n: int, spacing_ns: int, busy: bool, spin_ns: int) -> tuple[list[int
     sched.schedule_many((due, (0xB0, 1, k % 128)) for k, due in enumerate(dues))
     done.wait(n * spacing_ns / 1e9 + 10)
     stop.set()
-    priority = sched.priority
     sched.stop()
     if busy:
         burner.join()
-    return [abs(s - d) for s, d in zip(stamps, dues)], priority
+    return [abs(s - d) for s, d in zip(stamps, dues)]
 
 
 def report(label: str, lateness: list[int]) -> str:
@@ -95,13 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         default=[DEFAULT_SPIN_NS / 1e6, 0.0],
         help="spins to try (default: the Scheduler's, then none)",
     )
-    parser.add_argument(
-        "--priority",
-        nargs="+",
-        choices=["normal", "fifo"],
-        default=["normal", "fifo"],
-        help="the sending thread's scheduling to try (default: both)",
-    )
     args = parser.parse_args(argv)
     spacing = round(args.spacing_ms * 1e6)
     default_interval = sys.getswitchinterval()
@@ -116,14 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         for switch_ms in switches:
             sys.setswitchinterval(switch_ms / 1e3)
             for spin_ms in args.spin_ms:
-                for wanted in args.priority:
-                    scheduler_module._realtime = wanted == "fifo"
-                    lateness, got = measure(args.n, spacing, busy, round(spin_ms * 1e6))
-                    label = (
-                        f"{'busy' if busy else 'idle'}, switch {switch_ms:g} ms, "
-                        f"spin {spin_ms:g} ms, {got.split(' (')[0]}"
-                    )
-                    print(report(label, lateness), flush=True)
+                label = (
+                    f"{'busy' if busy else 'idle'}, switch {switch_ms:g} ms, spin {spin_ms:g} ms"
+                )
+                lateness = measure(args.n, spacing, busy, round(spin_ms * 1e6))
+                print(report(label, lateness), flush=True)
     sys.setswitchinterval(default_interval)
     return 0
 

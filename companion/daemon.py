@@ -306,7 +306,6 @@ class Daemon:
             "late_dropped": stats["late_dropped"],
             "send_errors": stats["send_errors"],
             "errors": self.errors,
-            "sender": self.scheduler.priority,
         }
         if self.preset.harmonize:
             lat = self.meter.summary(self.now_ns())

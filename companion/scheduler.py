@@ -36,7 +36,6 @@ import gc
 import heapq
 import itertools
 import operator
-import os
 import sys
 import threading
 import time
@@ -54,10 +53,6 @@ DEFAULT_TOLERANCE_NS = 10_000_000  # 10 ms: later than this, a note-on is droppe
 DEFAULT_SPIN_NS = 1_500_000 if sys.platform == "win32" else 250_000
 IDLE_WAIT_S = 0.5  # with nothing pending, wake this often (stop() also wakes the thread)
 REALTIME_SWITCH_INTERVAL_S = 0.0005  # see configure_realtime()
-# the sending thread's real-time priority where the system allows it (Linux SCHED_FIFO;
-# JACK's own threads run higher, 70+ when it runs real-time): see configure_realtime()
-SENDER_PRIORITY = 10
-_realtime = False  # configure_realtime() was called: the sending thread asks for priority
 
 
 def configure_realtime() -> dict[str, object]:
@@ -70,35 +65,16 @@ def configure_realtime() -> dict[str, object]:
     0.2-3%, and the median lateness from 3-8 ms to 0.2-3 ms (2 CPUs shared with other jobs at
     load 5-8, so the ranges are wide). The cost is more GIL hand-offs for the busy thread.
     On Windows, timed waits also round to the 15.6 ms system tick unless the timer
-    resolution is raised to 1 ms. Afterwards each scheduler's sending thread asks for
-    real-time scheduling (SCHED_FIFO, priority SENDER_PRIORITY) where the system grants it
-    (Linux with rtprio allowed, as for JACK users in the audio group, or root): a woken
-    sender then preempts the generator and other programs on a busy machine instead of
-    waiting for a core; `Scheduler.priority` says what it got and why not. Returns what was
-    applied, for the log.
+    resolution is raised to 1 ms. Returns what was applied, for the log.
     """
-    global _realtime
     applied: dict[str, object] = {"switch_interval_s": REALTIME_SWITCH_INTERVAL_S}
     sys.setswitchinterval(REALTIME_SWITCH_INTERVAL_S)
-    _realtime = True
     if sys.platform == "win32":
         import ctypes
 
         # timeBeginPeriod returns 0 (TIMERR_NOERROR) on success
         applied["timer_resolution_ms"] = 1 if ctypes.windll.winmm.timeBeginPeriod(1) == 0 else None
     return applied
-
-
-def raise_priority(priority: int = SENDER_PRIORITY) -> str:
-    """Put the calling thread under SCHED_FIFO at `priority`; what it got, in words ("normal
-    (why)" where the system refuses or has no such thing)."""
-    if not hasattr(os, "sched_setscheduler"):
-        return "normal (no real-time scheduling on this system)"
-    try:
-        os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(priority))
-    except OSError as err:
-        return f"normal (real-time priority refused: {err.strerror or err})"
-    return f"SCHED_FIFO {priority}"
 
 
 def freeze_heap() -> None:
@@ -178,7 +154,6 @@ class Scheduler:
         self.stats = SchedulerStats()
         self.last_error: Exception | None = None
         self.failing = False  # the last send failed (True until one succeeds again)
-        self.priority = "normal"  # the sending thread's scheduling (raise_priority)
         self._heap: list[tuple[int, int, int, tuple[int, ...]]] = []
         self._seq = itertools.count()
         self._lock = threading.RLock()
@@ -380,8 +355,6 @@ class Scheduler:
         self.stop()
 
     def _run(self) -> None:
-        if _realtime:
-            self.priority = raise_priority()
         while not self._stopping.is_set():
             self._wake.clear()  # before peeking: a schedule() after the peek wakes the wait
             due = self.next_due()
