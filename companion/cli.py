@@ -321,6 +321,39 @@ def _train_args(p):
 
 
 @command(
+    "restyle",
+    "midi_companion.models.restyle:main",
+    "Restyle a MIDI file towards a style of the classifier by gradient ascent on its voices' "
+    "pitches (offline; needs the training extra: torch).",
+)
+def _restyle_args(p):
+    p.add_argument("input", help="the MIDI file to restyle (each track a voice)")
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="STYLE",
+        help="a class of the classifier "
+        "(e.g. bach, essen, irish, palestrina, quartets) or one of its collections",
+    )
+    p.add_argument("-o", "--output", required=True, help="the restyled MIDI file to write")
+    p.add_argument(
+        "--classifier",
+        default=None,
+        help="classifier model file (default: the zoo's classifier.onnx)",
+    )
+    p.add_argument("--steps", type=int, default=200, help="gradient steps (default 200)")
+    p.add_argument("--l2", type=float, default=1.0, help="weight of the L2 pull to the original")
+    p.add_argument("--continuity", type=float, default=0.5, help="weight against large leaps")
+    p.add_argument(
+        "--notes-per-beat",
+        type=float,
+        default=4,
+        help="at most this many notes start in a beat (0 = no limit; default 4)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command(
     "export",
     "midi_companion.export.onnx_export:main",
     "Export a training checkpoint to an ONNX model file, checked against torch.",

@@ -123,6 +123,8 @@ class Performer:
             self.mode.set_scale_lock(value >= 64)
         elif cc == c.trigger_cc and cc and value >= 64:
             self._end_phrase(t_ns)
+        elif cc == c.bridge_cc and cc and self.preset.bridge is not None:
+            self.mode.set_mix(value / 127.0)  # the bridge: like me (0) .. like the target
         elif cc == SUSTAIN_CC:
             was, self._sustain = self._sustain, value >= 64
             if was and not self._sustain and c.sustain_release_ends_phrase:

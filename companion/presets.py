@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-MODES = ("continue", "accompany", "jam", "bridge", "pattern", "band")
+MODES = ("continue", "accompany", "jam", "pattern", "band")
 START_ON = ("beat", "bar")
 ON_INPUT = ("interrupt", "overlap")
 DEFAULT_PRESET = "chorale"
@@ -73,17 +73,18 @@ class Controls:
     panic_cc: int = 123
     scale_lock_cc: int = 0  # 0 = off; a CC >= 64 locks answers to the key, < 64 unlocks
     trigger_cc: int = 0  # 0 = off; a CC >= 64 ends the phrase now
-    bridge_cc: int = 0  # 0 = off; mode "bridge": the mix, 0 (like me) .. 127 (like the target)
+    bridge_cc: int = 0  # 0 = off; with [bridge]: the mix, 0 (like me) .. 127 (like the target)
     sustain_release_ends_phrase: bool = True
     program_change: bool = True
 
 
 @dataclass
 class BridgeCfg:
-    """mode = "bridge" (companion/modes/bridge.py): the answer's latent moves from the
-    player's phrase's towards `target`'s (a style the model carries, e.g. "music21:bach", or
-    a .mid file relative to the preset) over `bars` bars (0 = the whole answer); `mix` (0..1,
-    `[controls] bridge_cc` sets it live) is how far: 0 = like me, 1 = like the target."""
+    """[bridge] on a continue preset (companion/modes/bridge.py): the answer's latent moves
+    from the player's phrase's towards `target`'s (a style the model carries, e.g.
+    "music21:bach", or a .mid file relative to the preset) over `bars` bars (0 = the whole
+    answer); `mix` (0..1, `[controls] bridge_cc` sets it live) is how far: 0 = like me, 1 =
+    like the target."""
 
     target: str = ""
     bars: int = 0
@@ -387,12 +388,10 @@ def _controls(c: _Checker, s) -> Controls:
 
 def _bridge(c: _Checker, data: dict, mode: str) -> BridgeCfg | None:
     w = "[bridge]"
-    if mode != "bridge":
-        if "bridge" in data:
-            c.fail(w, f'is read only when mode = "bridge" (mode is {mode!r})')
-        return None
     if "bridge" not in data:
-        c.fail(w, 'is required when mode = "bridge" (at least: target = "music21:bach")')
+        return None
+    if mode != "continue":
+        c.fail(w, f'needs mode = "continue" (a bridge is an answer; mode is {mode!r})')
     t = c.table(data["bridge"], w, set(asdict(BridgeCfg())))
     target = c.value(t, "target", w, str, "")
     if not target:

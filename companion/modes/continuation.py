@@ -46,10 +46,20 @@ class Response:
     """One answer being generated: decoder state, its place in time, notes left open."""
 
     def __init__(
-        self, voice, rep, start: float, end: float, shift: float, decoder, track: int, rules=None
+        self,
+        voice,
+        rep,
+        start: float,
+        end: float,
+        shift: float,
+        decoder,
+        track: int,
+        rules=None,
+        steer=None,
     ):
         self.voice, self.rep, self.decoder, self.rules = voice, rep, decoder, rules
         self.start, self.end, self.shift, self.track = start, end, shift, track
+        self.steer = steer  # called with the beat before each token (the bridge moves z)
         self.open: set[int] = set()
         self.done = False
 
@@ -59,6 +69,8 @@ class Response:
         for _ in range(MAX_TOKENS_PER_TICK):
             if self.done or self.decoder.position + self.shift >= until:
                 break
+            if self.steer is not None:
+                self.steer(self.decoder.position + self.shift)
             if self.rules is None:
                 tok = self.voice.next(rng, sampling, self.decoder.allowed())
             else:
@@ -176,10 +188,23 @@ class Continuation:
         shift = origin
         end = start + self.timing.bars * bpb
         self.response = Response(
-            self.voice, self.rep, start, end, shift, decoder, self.track, self._rules(notes)
+            self.voice,
+            self.rep,
+            start,
+            end,
+            shift,
+            decoder,
+            self.track,
+            self._rules(notes),
+            self._steer(start, end),
         )
         self.responses += 1
         self.phrase = []
+
+    def _steer(self, start: float, end: float):
+        """What moves the voice while it answers from `start` to `end` (None: nothing; the
+        bridge mode's latent path)."""
+        return None
 
     def _rules(self, notes: list[Note]):
         """The answer's range, key and grid (companion.rules); events representations only."""
