@@ -223,13 +223,13 @@ def continuation(
 
 
 def main(argv=None) -> int:
-    """python -m companion.latent MODEL.onnx [--split test] [--phrase 129]
+    """python -m midi_companion.latent MODEL.onnx [--split test] [--phrase 129]
     [--continuation N] [--json]"""
     import argparse
     import json
 
     ap = argparse.ArgumentParser(
-        prog="python -m companion.latent", description=reconstruction.__doc__
+        prog="python -m midi_companion.latent", description=reconstruction.__doc__
     )
     ap.add_argument("model")
     ap.add_argument("--split", default="test", choices=("valid", "test"))

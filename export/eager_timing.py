@@ -1,7 +1,7 @@
 """Torch eager per-step timing of an exported model's architecture, for `companion bench`
 (which is torch-free, so it runs this as a subprocess):
 
-    python -m export.eager_timing MODEL.onnx FEEDS.npz   ->  one JSON line on stdout
+    python -m midi_companion.export.eager_timing MODEL.onnx FEEDS.npz   ->  one JSON line on stdout
 
 FEEDS.npz holds the step inputs the runtime fed the ONNX graph, named "<step>/<input>". The
 module is rebuilt from the metadata (family, model_args) with fresh weights, which do not
@@ -53,7 +53,8 @@ def eager_step_ns(model_path: str, feeds_path: str) -> list[int]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: python -m export.eager_timing MODEL.onnx FEEDS.npz", file=sys.stderr)
+        usage = "usage: python -m midi_companion.export.eager_timing MODEL.onnx FEEDS.npz"
+        print(usage, file=sys.stderr)
         return 2
     import torch
 

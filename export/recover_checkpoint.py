@@ -19,7 +19,8 @@ pieces of the benchmark the file was trained on when its metadata names one
 (``benchmark:<set>``), else random ones. The checkpoint gets the file's metadata (corpus,
 metrics, training) and ``recovered_from``.
 
-    python -m export.recover_checkpoint models/zoo/bench-jsb.onnx -o /tmp/bench-jsb.pt
+    python -m midi_companion.export.recover_checkpoint models/zoo/bench-jsb.onnx \
+        -o /tmp/bench-jsb.pt
 """
 
 from __future__ import annotations

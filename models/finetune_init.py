@@ -9,7 +9,8 @@ Every ``--eval-every`` steps the valid split is scored over every frame of whole
 the best offsets are kept; the test split is scored once at the end. The checkpoint written
 exports as usual (`companion export CKPT -o MODEL.onnx --float16`).
 
-    python -m models.finetune_init /tmp/bench-jsb.pt --benchmark jsb -o /tmp/bench-jsb-init.pt
+    python -m midi_companion.models.finetune_init /tmp/bench-jsb.pt --benchmark jsb \
+        -o /tmp/bench-jsb-init.pt
 """
 
 from __future__ import annotations

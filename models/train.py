@@ -24,17 +24,16 @@ into ``out/seed0-dec_hidden512/``;
 ``--resume`` skips finished members and resumes the one that was cut off), then combines
 them with the family's ``ensemble`` (families that have one: roll-nade-lstm averages the
 members' next-token distributions, still one exact distribution per frame), evaluates the
-ensemble on valid and test, and writes it as ``out/best.pt``.
+ensemble on valid and test, and writes it as ``out/best.pt`` (models/train_ensemble.py).
 
 Data parallel: the same command under torchrun (gloo on CPU, NCCL on GPU), e.g.
-``torchrun --standalone --nproc_per_node=2 -m models.train CONFIG.toml``. Every rank draws
-the same batch stream and takes its own share of it (``data.shard``); validation and test
-pieces are divided among the ranks and the sums reduced.
+``torchrun --standalone --nproc_per_node=2 -m midi_companion.models.train CONFIG.toml``.
+Every rank draws the same batch stream and takes its own share of it (``data.shard``);
+validation and test pieces are divided among the ranks and the sums reduced.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import os
@@ -52,7 +51,8 @@ from torch import nn
 from midi_companion.errors import ConfigError, RepresentationError
 from midi_companion.models import FAMILY_MODULES, data
 from midi_companion.models.checkpoint import CHECKPOINT_FORMAT
-from midi_companion.models.train_config import load_config, member, member_dir
+from midi_companion.models.train_config import load_config
+from midi_companion.models.train_ensemble import train_ensemble
 
 
 def make_representation(cfg: dict, path: Path):
@@ -180,7 +180,7 @@ def train(
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     try:
-        run = _ensemble if tr["seeds"] else _run
+        run = train_ensemble if tr["seeds"] else _run
         result = run(cfg, config_path, resume, dev, rank, world, progress and rank == 0)
         if world > 1:
             # every rank done (rank 0 writes best.pt alone) before any tears down: a gloo
@@ -194,355 +194,335 @@ def train(
 
 
 def _run(cfg, config_path, resume, dev, rank, world, progress) -> dict:
-    from tqdm import tqdm
+    """One model: set up, train until a limit or patience ends it, test the best weights."""
+    r = _Run(cfg, Path(config_path), resume, dev, rank, world, progress)
+    r.announce()
+    while not r.done:
+        for i, batch in r.epoch():
+            r.step(i, batch)
+            if r.step_ends_run():
+                break
+    return r.finish()
 
-    tr, dcfg = cfg["train"], cfg["data"]
-    out = Path(tr["out"])
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    try:  # before any training: a run must not fail at its first checkpoint
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(
-            f"{config_path}: [train] out = {str(out)!r}: cannot create that "
-            f"folder ({err.strerror or err})"
-        ) from err
-    state = None
-    if resume:
-        if not last_path.is_file():
-            raise ConfigError(f"{config_path}: --resume but there is no {last_path}")
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+
+class _Run:
+    """The state of one training run, in the order the loop uses it (nanoGPT's shape: set
+    up, then a flat loop of step / evaluate / checkpoint)."""
+
+    def __init__(self, cfg, config_path: Path, resume: bool, dev, rank: int, world: int, progress):
+        self.cfg, self.config_path, self.dev = cfg, config_path, dev
+        self.rank, self.world, self.progress = rank, world, progress
+        self.tr = tr = cfg["train"]
+        out = Path(tr["out"])
+        self.last_path, self.best_path = out / "last.pt", out / "best.pt"
+        try:  # before any training: a run must not fail at its first checkpoint
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(
+                f"{config_path}: [train] out = {str(out)!r}: cannot create that "
+                f"folder ({err.strerror or err})"
+            ) from err
+        state = self._resumed() if resume else None
+        self.corpus = data.load_data(cfg["data"], progress=progress)
+        self.shifts = tuple(cfg["data"]["augment"])
+        self.rep = self._representation(state)
+        torch.manual_seed(tr["seed"])
+        self.model, self.module = make_model(cfg, self.rep, config_path)
+        self.model.to(dev)
+        if state is not None:
+            self.model.load_state_dict(state["state_dict"])
+        self.valid, self.test = self.encode("valid"), self.encode("test")
+        self.fixed_train = None if self.shifts[1] > self.shifts[0] else self.encode("train")
+        self.adversarial = hasattr(self.model, "train_step")  # a GAN owns its optimizers
+        self.opt = self._optimizer()
+        self.run = dict(step=0, epoch=0, batch=0, seconds=0.0, train_seconds=0.0, units=0)
+        self.run.update(best_valid=float("inf"), best_step=0, bad_evals=0)
+        if state is not None:
+            self.opt.load_state_dict(state["optimizer"])
+            self.run.update(state["resume"])
+            torch.set_rng_state(state["torch_rng"])
+        self.best_state = None if state is None else state.get("best_state_dict")
+        self.net = _LossOf(self.model)
+        if world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
+        self.unit = unit_of(self.model, self.rep)
+        self.corpus_record = {**self.corpus.record(), "augment": list(self.shifts)}
+        self.max_s = tr["max_minutes"] * 60
+        self.t_start = time.perf_counter() - self.run["seconds"]
+        self.data_hash, self.seen_units = hashlib.sha256(), 0
+        self.ema, self.done = None, False
+
+    # ---- setting up ---------------------------------------------------------------------
+    def _resumed(self) -> dict:
+        """last.pt, checked to be this config's run."""
+        if not self.last_path.is_file():
+            raise ConfigError(f"{self.config_path}: --resume but there is no {self.last_path}")
+        state = torch.load(self.last_path, map_location="cpu", weights_only=True)
         for table in ("model", "representation", "data"):
-            if state["config"][table] != cfg[table]:
+            if state["config"][table] != self.cfg[table]:
                 raise ConfigError(
-                    f"{config_path}: [{table}] differs from {last_path}'s; "
+                    f"{self.config_path}: [{table}] differs from {self.last_path}'s; "
                     "resume needs the same model, representation and data"
                 )
+        return state
 
-    corpus = data.load_data(dcfg, progress=progress)
-    shifts = tuple(dcfg["augment"])
-    if state is None:
-        rep = make_representation(cfg, config_path)
+    def _representation(self, state):
+        if state is not None:
+            from midi_companion.representations import from_dict
+
+            return from_dict(state["representation"])
+        rep = make_representation(self.cfg, self.config_path)
         if hasattr(rep, "fit"):  # a data-derived vocabulary, from every training key
-            lo, hi = shifts
-            rep.fit([s.transposed(k) for s in corpus.scores["train"] for k in range(lo, hi + 1)])
-    else:
-        from midi_companion.representations import from_dict
+            lo, hi = self.shifts
+            train = self.corpus.scores["train"]
+            rep.fit([s.transposed(k) for s in train for k in range(lo, hi + 1)])
+        return rep
 
-        rep = from_dict(state["representation"])
-    torch.manual_seed(tr["seed"])
-    model, module = make_model(cfg, rep, config_path)
-    model.to(dev)
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
+    def encode(self, split: str, rng=None) -> list:
+        """A split's pieces as the family reads them (training: transposed by `shifts`, at
+        random with `rng`); a classifier labels each piece by its id."""
+        aug = (self.shifts, rng) if split == "train" else ()
+        scores = self.corpus.scores[split]
+        if hasattr(self.model, "encode_pieces"):
+            return self.model.encode_pieces(scores, self.corpus.ids[split], self.rep, *aug)
+        return data.encode(scores, self.rep, *aug)
 
-    def encode(split: str, *aug) -> list:  # a classifier labels each piece by its id
-        if hasattr(model, "encode_pieces"):
-            return model.encode_pieces(corpus.scores[split], corpus.ids[split], rep, *aug)
-        return data.encode(corpus.scores[split], rep, *aug)
+    def _optimizer(self):
+        """AdamW, decay on the matrices only; an adversarial family's own optimizers."""
+        if self.adversarial:
+            if self.world > 1:
+                family = self.cfg["model"]["family"]
+                raise ConfigError(f"{self.config_path}: {family} trains on one process")
+            return self.model.configure_optimizers(self.tr)
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": self.tr["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=self.tr["lr"], fused=self.dev.type == "cuda")
 
-    valid, test = encode("valid"), encode("test")
-    fixed_train = None if shifts[1] > shifts[0] else encode("train", shifts)
+    def announce(self) -> None:
+        from tqdm import tqdm
 
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    # adversarial families (GANs) own their optimizer and step (docs/ARCHITECTURE.md)
-    adversarial = hasattr(model, "train_step")
-    if adversarial:
-        if world > 1:
-            raise ConfigError(f"{config_path}: {cfg['model']['family']} trains on one process")
-        opt = model.configure_optimizers(tr)
-    else:
-        opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": tr["weight_decay"]},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=tr["lr"],
-            fused=dev.type == "cuda",
+        if self.progress:
+            n_params = sum(p.numel() for p in self.model.parameters())
+            ranks = f" x {self.world} ranks" if self.world > 1 else ""
+            print(
+                f"{self.cfg['model']['family']} ({n_params:,} parameters) on {self.rep.name}, "
+                f"vocab {self.rep.vocab_size}; {self.corpus.name}: "
+                f"{self.corpus_record['split']} pieces; device {self.dev}{ranks}",
+                flush=True,
+            )
+        self.bar = tqdm(
+            total=self.tr["max_steps"] or None,
+            initial=self.run["step"],
+            disable=not self.progress,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1 if sys.stderr.isatty() else 30,
         )
-    run = {
-        "step": 0,
-        "epoch": 0,
-        "batch": 0,
-        "seconds": 0.0,
-        "train_seconds": 0.0,
-        "units": 0,
-        "best_valid": float("inf"),
-        "best_step": 0,
-        "bad_evals": 0,
-    }
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        run.update(state["resume"])
-        torch.set_rng_state(state["torch_rng"])
-    best_state = None if state is None else state.get("best_state_dict")
-    net = _LossOf(model)
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[dev.index] if dev.type == "cuda" else None
+        self.model.train()
+
+    # ---- the loop -----------------------------------------------------------------------
+    def epoch(self):
+        """(index, batch) of this rank's share of one epoch, from where a resumed run was."""
+        rng = np.random.default_rng([self.tr["seed"], self.run["epoch"]])
+        pieces = self.fixed_train if self.fixed_train is not None else self.encode("train", rng)
+        stream = data.shard(
+            self.module.batches(pieces, self.rep, self.tr, rng, True), self.rank, self.world
         )
-    unit = unit_of(model, rep)
-    n_params = sum(p.numel() for p in model.parameters())
-    corpus_record = {**corpus.record(), "augment": list(shifts)}
-    if progress:
-        print(
-            f"{cfg['model']['family']} ({n_params:,} parameters) on {rep.name}, vocab "
-            f"{rep.vocab_size}; {corpus.name}: {corpus_record['split']} pieces; device "
-            f"{dev}{f' x {world} ranks' if world > 1 else ''}",
-            flush=True,
+        for i, batch in enumerate(stream):
+            if i >= self.run["batch"]:  # resuming mid-epoch: replayed up to where it was
+                yield i, batch
+        self.run.update(epoch=self.run["epoch"] + 1, batch=0)
+
+    def step(self, i: int, batch: dict) -> None:
+        tr, run, t0 = self.tr, self.run, time.perf_counter()
+        frac = max(
+            run["step"] / tr["max_steps"] if tr["max_steps"] else 0.0,
+            (t0 - self.t_start) / self.max_s if self.max_s else 0.0,
+        )
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(run["step"], frac, tr)
+        batch = _to(batch, self.dev)
+        if hasattr(self.model, "set_step"):
+            self.model.set_step(run["step"])
+        if self.adversarial:
+            logs = self.model.train_step(batch, self.opt)
+            loss, n = torch.tensor(logs["loss"]), logs["count"]
+        else:
+            nll, n = self.net(batch)
+            loss = nll / n
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tr["grad_clip"]:
+                nn.utils.clip_grad_norm_(self.model.parameters(), tr["grad_clip"])
+            self.opt.step()
+        if self.world > 1:  # what this rank trained on, for the summary line
+            self.data_hash.update(next(iter(batch.values())).cpu().numpy().tobytes())
+        self.seen_units += int(n)
+        now = time.perf_counter()
+        run.update(step=run["step"] + 1, batch=i + 1, units=run["units"] + int(n) * self.world)
+        run.update(train_seconds=run["train_seconds"] + now - t0, seconds=now - self.t_start)
+        self.ema = loss.item() if self.ema is None else 0.98 * self.ema + 0.02 * loss.item()
+        self.bar.update(1)
+        self.bar.set_postfix(
+            loss=f"{self.ema:.3f}",
+            tok_s=f"{run['units'] / run['train_seconds']:.0f}",
+            refresh=False,
         )
 
-    def checkpoint(metrics: dict, with_optimizer: bool) -> dict:
+    def step_ends_run(self) -> bool:
+        """After a step: evaluate and checkpoint when due; whether the run is over (a limit
+        reached, or `patience` evaluations without improvement)."""
+        tr, run = self.tr, self.run
+        done = bool(tr["max_steps"] and run["step"] >= tr["max_steps"])
+        if self.max_s:
+            done = done or _agree(run["seconds"] >= self.max_s, self.dev, self.world)
+        if run["step"] % tr["eval_every"] == 0 or done:
+            self.evaluate_and_save()
+            if tr["patience"] and run["bad_evals"] >= tr["patience"]:
+                if self.progress:
+                    self.bar.write(f"early stop: no improvement in {tr['patience']} evaluations")
+                done = True
+        self.done = done
+        return done
+
+    def evaluate_and_save(self) -> None:
+        run, terms = self.run, {}
+        v, _ = evaluate(
+            self.model,
+            self.module,
+            self.valid,
+            self.rep,
+            self.tr,
+            self.dev,
+            self.rank,
+            self.world,
+            terms,
+        )
+        improved = self.adversarial or v < run["best_valid"]  # a GAN keeps its last
+        if improved:
+            run.update(best_valid=v, best_step=run["step"], bad_evals=0)
+            if terms:
+                run["best_terms"] = terms
+            self.best_state = _cpu(self.model.state_dict())
+        else:
+            run["bad_evals"] += 1
+        if self.progress:
+            self.bar.write(
+                f"step {run['step']}: train {self.ema:.4f} valid {v:.4f} nats/{self.unit}"
+                f"{' (best)' if improved else ''}; lr {self.opt.param_groups[0]['lr']:.2e}"
+                f"; {run['units'] / run['train_seconds']:.0f} {self.unit}s/s"
+                + "".join(f"; {k} {x:.4f}" for k, x in terms.items())
+            )
+        metrics = self._metrics()
+        if self.rank == 0:
+            if improved:
+                self._save(self._checkpoint(metrics, False), self.best_path)
+            self._save(self._checkpoint(metrics, True), self.last_path)
+
+    # ---- the end ------------------------------------------------------------------------
+    def finish(self) -> dict:
+        """The test split, once, with the best weights; best.pt with every metric."""
+        self.bar.close()
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        terms: dict = {}
+        t, n_test = (
+            evaluate(
+                self.model,
+                self.module,
+                self.test,
+                self.rep,
+                self.tr,
+                self.dev,
+                self.rank,
+                self.world,
+                terms,
+            )
+            if self.test
+            else (None, 0)
+        )
+        if self.world > 1:
+            # one write per line, so the ranks' lines do not interleave on a shared stdout
+            sys.stdout.write(
+                f"rank {self.rank}/{self.world}: {self.run['step']} steps, {self.seen_units} "
+                f"{self.unit}s, data {self.data_hash.hexdigest()[:16]}, weights "
+                f"{_digest(self.model.parameters())}\n"
+            )
+            sys.stdout.flush()
+        if self.rank != 0:
+            return {}
+        ck = self._checkpoint(self._metrics(t, n_test, terms, final=True), False)
+        self._save(ck, self.best_path)
+        if self.progress:
+            run = self.run
+            test_txt = (
+                "no test split"
+                if t is None
+                else f"test {t:.4f}" + "".join(f" {k} {x:.4f}" for k, x in terms.items())
+            )
+            print(
+                f"best valid {run['best_valid']:.4f} nats/{self.unit} (step {run['best_step']}), "
+                f"{test_txt}; {run['step']} steps in {run['seconds'] / 60:.1f} min, "
+                f"{ck['train']['tokens_per_s']:.0f} {self.unit}s/s; wrote {self.best_path}",
+                flush=True,
+            )
+        return ck
+
+    def _metrics(self, test_nll=None, test_units: int = 0, test_terms=None, final=False) -> dict:
+        """The checkpoint's metrics: at an evaluation (valid only), or final (with test)."""
+        run = self.run
+        metrics = {
+            "valid_nll": run["best_valid"],
+            "test_nll": test_nll,
+            "unit": self.unit,
+            "train_nll": self.ema,
+            **({"valid_terms": run["best_terms"]} if "best_terms" in run else {}),
+        }
+        if final:
+            metrics.update(best_step=run["best_step"], test_units=test_units)
+        if test_terms:
+            metrics["test_terms"] = test_terms
+        return metrics
+
+    def _checkpoint(self, metrics: dict, with_optimizer: bool) -> dict:
+        run = self.run
         ck = {
             "format": CHECKPOINT_FORMAT,
-            "family": cfg["model"]["family"],
-            "model_args": dict(model.model_args),
-            "state_dict": _cpu(model.state_dict()),
-            "representation": rep.to_dict(),
-            "config": cfg,
-            "corpus": corpus_record,
+            "family": self.cfg["model"]["family"],
+            "model_args": dict(self.model.model_args),
+            "state_dict": _cpu(self.model.state_dict()),
+            "representation": self.rep.to_dict(),
+            "config": self.cfg,
+            "corpus": self.corpus_record,
             "metrics": metrics,
             "train": {
                 "step": run["step"],
                 "seconds": round(run["seconds"], 1),
                 "tokens_per_s": round(run["units"] / max(run["train_seconds"], 1e-9), 1),
-                "world_size": world,
-                "device": dev.type,
+                "world_size": self.world,
+                "device": self.dev.type,
             },
         }
         if with_optimizer:
             ck.update(
-                optimizer=opt.state_dict(),
+                optimizer=self.opt.state_dict(),
                 resume=dict(run),
                 torch_rng=torch.get_rng_state(),
-                best_state_dict=best_state,
+                best_state_dict=self.best_state,
             )
         return ck
 
-    def save(ck: dict, path: Path) -> None:  # into `out`, made before training
+    @staticmethod
+    def _save(ck: dict, path: Path) -> None:  # into `out`, made before training
         tmp = path.with_suffix(".tmp")
         torch.save(ck, tmp)
         os.replace(tmp, path)
-
-    max_s = tr["max_minutes"] * 60
-    t_start = time.perf_counter() - run["seconds"]
-    data_hash = hashlib.sha256()
-    seen_units = 0
-    bar = tqdm(
-        total=tr["max_steps"] or None,
-        initial=run["step"],
-        disable=not progress,
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=1 if sys.stderr.isatty() else 30,
-    )
-    ema, stop = None, False
-    model.train()
-    while not stop:
-        rng = np.random.default_rng([tr["seed"], run["epoch"]])
-        pieces = fixed_train if fixed_train is not None else encode("train", shifts, rng)
-        stream = data.shard(module.batches(pieces, rep, tr, rng, True), rank, world)
-        for i, batch in enumerate(stream):
-            if i < run["batch"]:
-                continue  # resuming mid-epoch: the stream is replayed up to where it was
-            t0 = time.perf_counter()
-            elapsed = t0 - t_start
-            progress_frac = max(
-                run["step"] / tr["max_steps"] if tr["max_steps"] else 0.0,
-                elapsed / max_s if max_s else 0.0,
-            )
-            for g in opt.param_groups:
-                g["lr"] = lr_at(run["step"], progress_frac, tr)
-            batch = _to(batch, dev)
-            if hasattr(model, "set_step"):
-                model.set_step(run["step"])
-            if adversarial:
-                logs = model.train_step(batch, opt)
-                loss, n = torch.tensor(logs["loss"]), logs["count"]
-            else:
-                nll, n = net(batch)
-                loss = nll / n
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if tr["grad_clip"]:
-                    nn.utils.clip_grad_norm_(model.parameters(), tr["grad_clip"])
-                opt.step()
-            if world > 1:  # what this rank trained on, for the summary line
-                data_hash.update(next(iter(batch.values())).cpu().numpy().tobytes())
-            units = int(n)
-            seen_units += units
-            run["step"] += 1
-            run["batch"] = i + 1
-            run["units"] += units * world
-            now = time.perf_counter()
-            run["train_seconds"] += now - t0
-            run["seconds"] = now - t_start
-            ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{ema:.3f}", tok_s=f"{run['units'] / run['train_seconds']:.0f}", refresh=False
-            )
-            done = bool(tr["max_steps"] and run["step"] >= tr["max_steps"])
-            if max_s:
-                done = done or _agree(run["seconds"] >= max_s, dev, world)
-            if run["step"] % tr["eval_every"] == 0 or done:
-                terms: dict = {}
-                v, _ = evaluate(model, module, valid, rep, tr, dev, rank, world, terms)
-                improved = adversarial or v < run["best_valid"]  # a GAN keeps its last
-                if improved:
-                    run.update(best_valid=v, best_step=run["step"], bad_evals=0)
-                    if terms:
-                        run["best_terms"] = terms
-                    best_state = _cpu(model.state_dict())
-                else:
-                    run["bad_evals"] += 1
-                if progress:
-                    bar.write(
-                        f"step {run['step']}: train {ema:.4f} valid {v:.4f} nats/{unit}"
-                        f"{' (best)' if improved else ''}; lr {opt.param_groups[0]['lr']:.2e}"
-                        f"; {run['units'] / run['train_seconds']:.0f} {unit}s/s"
-                        + "".join(f"; {k} {x:.4f}" for k, x in terms.items())
-                    )
-                metrics = {
-                    "valid_nll": run["best_valid"],
-                    "test_nll": None,
-                    "unit": unit,
-                    "train_nll": ema,
-                    **({"valid_terms": run["best_terms"]} if "best_terms" in run else {}),
-                }
-                if rank == 0:
-                    if improved:
-                        save(checkpoint(metrics, False), best_path)
-                    save(checkpoint(metrics, True), last_path)
-                if tr["patience"] and run["bad_evals"] >= tr["patience"]:
-                    if progress:
-                        bar.write(f"early stop: no improvement in {tr['patience']} evaluations")
-                    done = True
-            if done:
-                stop = True
-                break
-        else:
-            run["epoch"] += 1
-            run["batch"] = 0
-    bar.close()
-
-    # the test split, once, with the best weights
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    test_terms: dict = {}
-    t, n_test = (
-        evaluate(model, module, test, rep, tr, dev, rank, world, test_terms) if test else (None, 0)
-    )
-    metrics = {
-        "valid_nll": run["best_valid"],
-        "test_nll": t,
-        "unit": unit,
-        "train_nll": ema,
-        "best_step": run["best_step"],
-        "test_units": n_test,
-        **({"valid_terms": run["best_terms"]} if "best_terms" in run else {}),
-        **({"test_terms": test_terms} if test_terms else {}),
-    }
-    if world > 1:
-        # one write per line, so the ranks' lines do not interleave on a shared stdout
-        sys.stdout.write(
-            f"rank {rank}/{world}: {run['step']} steps, {seen_units} {unit}s, "
-            f"data {data_hash.hexdigest()[:16]}, weights "
-            f"{_digest(model.parameters())}\n"
-        )
-        sys.stdout.flush()
-    if rank != 0:
-        return {}
-    ck = checkpoint(metrics, False)
-    save(ck, best_path)
-    if progress:
-        test_txt = (
-            "no test split"
-            if t is None
-            else f"test {t:.4f}" + "".join(f" {k} {x:.4f}" for k, x in test_terms.items())
-        )
-        print(
-            f"best valid {run['best_valid']:.4f} nats/{unit} (step {run['best_step']}), "
-            f"{test_txt}; {run['step']} steps in {run['seconds'] / 60:.1f} min, "
-            f"{ck['train']['tokens_per_s']:.0f} {unit}s/s; wrote {best_path}",
-            flush=True,
-        )
-    return ck
-
-
-def _ensemble(cfg, config_path, resume, dev, rank, world, progress) -> dict:
-    """Train a member per seed, then combine, evaluate and save the ensemble as best.pt."""
-    from midi_companion.models.checkpoint import load_checkpoint
-
-    tr = cfg["train"]
-    out = Path(tr["out"])
-    paths = []
-    for entry in tr["seeds"]:
-        seed, changes = member(entry)
-        where = out / member_dir(entry)
-        one = copy.deepcopy(cfg)
-        one["model"].update(dict(changes))
-        one["train"].update(seed=seed, seeds=None, out=str(where))
-        best, last = where / "best.pt", where / "last.pt"
-        finished = best.is_file() and (
-            not last.is_file() or best.stat().st_mtime >= last.stat().st_mtime
-        )
-        if not (resume and finished):
-            if progress:
-                print(f"ensemble member {member_dir(entry)} -> {best}", flush=True)
-            _run(one, config_path, resume and last.is_file(), dev, rank, world, progress)
-        paths.append(best)
-    if rank != 0:
-        return {}
-    t0 = time.perf_counter()
-    members = [load_checkpoint(p) for p in paths]
-    module = import_module(FAMILY_MODULES[cfg["model"]["family"]])
-    from midi_companion.representations import from_dict
-
-    rep = from_dict(members[0]["representation"])
-    model = module.ensemble(rep, members).to(dev)
-    corpus = data.load_data(cfg["data"], progress=False)
-    metrics = {
-        "unit": members[0]["metrics"]["unit"],
-        "best_step": None,
-        "members": [{"seed": s, **m["metrics"]} for s, m in zip(tr["seeds"], members)],
-    }
-    for split in ("valid", "test"):
-        pieces = data.encode(corpus.scores[split], rep)
-        nll, n = evaluate(model, module, pieces, rep, tr, dev) if pieces else (None, 0)
-        metrics[f"{split}_nll"] = nll
-        metrics[f"{split}_units"] = n
-    seconds = sum(m["train"]["seconds"] for m in members) + time.perf_counter() - t0
-    ck = {
-        "format": CHECKPOINT_FORMAT,
-        "family": cfg["model"]["family"],
-        "model_args": dict(model.model_args),
-        "state_dict": _cpu(model.state_dict()),
-        "representation": members[0]["representation"],
-        "config": cfg,
-        "corpus": members[0]["corpus"],
-        "metrics": metrics,
-        "train": {
-            "step": sum(m["train"]["step"] for m in members),
-            "seconds": round(seconds, 1),
-            "members": len(members),
-            "world_size": world,
-            "device": dev.type,
-        },
-    }
-    tmp = out / "best.tmp"  # `out` holds the members' folders: it exists
-    torch.save(ck, tmp)
-    os.replace(tmp, out / "best.pt")
-    if progress:
-        print(
-            f"ensemble of {len(members)}: valid {metrics['valid_nll']:.4f} test "
-            f"{metrics['test_nll']:.4f} nats/{metrics['unit']} (members' test "
-            f"{[round(m['metrics']['test_nll'], 4) for m in members]}); wrote "
-            f"{out / 'best.pt'}",
-            flush=True,
-        )
-    return ck
 
 
 def _agree(flag: bool, dev, world: int) -> bool:
@@ -564,7 +544,7 @@ def main(args) -> int:
     return 0
 
 
-if __name__ == "__main__":  # torchrun --standalone --nproc_per_node=2 -m models.train CFG
+if __name__ == "__main__":  # torchrun ... -m midi_companion.models.train CFG
     from midi_companion.cli import main as cli_main
 
     sys.exit(cli_main(["train", *sys.argv[1:]]))
