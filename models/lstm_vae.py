@@ -57,6 +57,18 @@ FAMILY = "lstm-vae"
 PROTOCOL = "token-step"
 
 
+def check_vae_args(family, sizes, kl_warmup, word_dropout, beta, free_bits) -> None:
+    """A VAE family's arguments (lstm-vae, transformer-vae): `sizes` {name: (value, lowest)}
+    integers, the KL schedule and the decoder's word dropout; ValueError naming the key."""
+    for name, (v, lo) in {**sizes, "kl_warmup": (kl_warmup, 0)}.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise ValueError(f"{family}: {name} must be an integer >= {lo} (received {v!r})")
+    if not 0 <= word_dropout < 1:
+        raise ValueError(f"{family}: word_dropout must be in [0, 1) (received {word_dropout})")
+    if beta < 0 or free_bits < 0:
+        raise ValueError(f"{family}: beta and free_bits must be >= 0")
+
+
 class LSTMVAE(nn.Module):
     family = FAMILY
     protocol = PROTOCOL
@@ -81,18 +93,14 @@ class LSTMVAE(nn.Module):
         steps_per_beat: int = 0,
     ):
         super().__init__()
-        for name, v, lo in (
-            ("latent", latent, 1),
-            ("layers", layers, 1),
-            ("enc_layers", enc_layers, 1),
-            ("kl_warmup", kl_warmup, 0),
-        ):
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{FAMILY}: {name} must be an integer >= {lo} (received {v!r})")
-        if not 0 <= word_dropout < 1:
-            raise ValueError(f"{FAMILY}: word_dropout must be in [0, 1) (received {word_dropout})")
-        if beta < 0 or free_bits < 0:
-            raise ValueError(f"{FAMILY}: beta and free_bits must be >= 0")
+        check_vae_args(
+            FAMILY,
+            dict(latent=(latent, 1), layers=(layers, 1), enc_layers=(enc_layers, 1)),
+            kl_warmup,
+            word_dropout,
+            beta,
+            free_bits,
+        )
         self.model_args = dict(
             embed=embed,
             enc_hidden=enc_hidden,

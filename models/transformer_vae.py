@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from midi_companion.models import lstm_vae
 from midi_companion.models.classifier import PhraseEncoder
 from midi_companion.models.classifier import _init as init_weights
-from midi_companion.models.lstm_vae import LSTMVAE
+from midi_companion.models.lstm_vae import LSTMVAE, check_vae_args
 from midi_companion.models.transformer import Block
 
 FAMILY = "transformer-vae"
@@ -70,24 +70,14 @@ class TransformerVAE(nn.Module):
         steps_per_beat: int = 0,
     ):
         super().__init__()
-        for name, v, lo in (
-            ("latent", latent, 1),
-            ("layers", layers, 1),
-            ("enc_layers", enc_layers, 1),
-            ("context", context, 2),
-            ("kl_warmup", kl_warmup, 0),
-        ):
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{FAMILY}: {name} must be an integer >= {lo} (received {v!r})")
+        sizes = dict(latent=(latent, 1), layers=(layers, 1), enc_layers=(enc_layers, 1))
+        sizes["context"] = (context, 2)
+        check_vae_args(FAMILY, sizes, kl_warmup, word_dropout, beta, free_bits)
         if d_model % heads or (d_model // heads) % 2:
             raise ValueError(
                 f"{FAMILY}: d_model / heads must be an even integer "
                 f"(received d_model={d_model}, heads={heads})"
             )
-        if not 0 <= word_dropout < 1:
-            raise ValueError(f"{FAMILY}: word_dropout must be in [0, 1) (received {word_dropout})")
-        if beta < 0 or free_bits < 0:
-            raise ValueError(f"{FAMILY}: beta and free_bits must be >= 0")
         self.model_args = dict(
             d_model=d_model,
             heads=heads,
