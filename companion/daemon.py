@@ -13,10 +13,15 @@ messages cancelled, its notes released), is told once, and the performance goes 
 that start failing (a dead output) are told once, and again when they work again. When the
 JACK server goes away (JackWatch), the daemon stops at once: the recording flushed, the ports
 left alone (libjack crashes on a client whose server is gone), one sentence, exit code 2.
+Ports connected by name (`--in/--out PORT` on JACK) are kept connected: when the peer goes
+away the daemon plays on and says so, and connects again when a port of that name is back.
+A flood of input is bounded (the port's queue, MAX_DRAIN a turn, the performer's note rate):
+what is dropped is told once and counted on the status line.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import queue
 import signal
@@ -25,7 +30,7 @@ import threading
 import time
 import traceback
 
-from midi_companion import ports, presets
+from midi_companion import jack_watch, ports, presets
 from midi_companion.engine import check_provider
 from midi_companion.errors import CompanionError, MidiFileError, MidiPortError
 from midi_companion.latency_meter import LatencyMeter
@@ -37,6 +42,7 @@ from midi_companion.scheduler import Scheduler, configure_realtime, freeze_heap
 TICK_S = 0.002  # how often the performer generates ahead (it does nothing when idle)
 STATUS_EVERY_S = 0.5
 MAX_TOLD_ERRORS = 100  # distinct errors told once each; beyond, only counted
+MAX_DRAIN = 256  # messages handled per turn of the loop at most: a flood cannot starve tick()
 
 
 class MidiSystemGone(MidiPortError):
@@ -68,6 +74,7 @@ class Daemon:
         self.preset = preset
         self.inp = self.out = None
         self.watch = None
+        self.links: list = []  # jack_watch.PeerLink, kept connected by name
         self.clock_kind = clock_kind
         self.bpm = preset.timing.bpm if bpm is None else bpm
         self.seed = seed
@@ -81,6 +88,9 @@ class Daemon:
         self._sends_failing = False
         self._status_drawn = False
         self._gone = False  # the MIDI system went away: leave the ports alone
+        self._notes_dropped_before = 0  # note-ons dropped by presets switched away from
+        self._flooding = False  # input was being dropped at the last status
+        self._dropped_seen = 0
         self.clock = make_clock(clock_kind, self.bpm, preset.timing.beats_per_bar, now_ns)
         if clock_kind == "internal":
             self.clock.start()
@@ -101,10 +111,15 @@ class Daemon:
         if inp is not None or out is not None:
             self.attach(inp, out)
 
-    def attach(self, inp, out, watch=None) -> None:
-        """Play on these ports from now on (`watch`: a ports.JackWatch, or None)."""
+    def attach(self, inp, out, watch=None, thread: bool = True, links=()) -> None:
+        """Play on these ports from now on (`watch`: a jack_watch.JackWatch, or None). With
+        `thread=False` the scheduler's thread is not started: the caller dispatches with
+        `scheduler.run_pending(now)` (virtual time, as the fuzz tests do). `links`:
+        jack_watch.PeerLink for each port connected by name, kept connected."""
         self.inp, self.out, self.watch = inp, out, watch
-        self.scheduler.start()
+        self.links = list(links)
+        if thread:
+            self.scheduler.start()
         self._announce(self.preset, self.performer)
 
     # ---- output ------------------------------------------------------------------------
@@ -158,7 +173,13 @@ class Daemon:
             if self.debug and not isinstance(err, CompanionError):
                 traceback.print_exception(err, file=self.status_stream)
             return
+        self._notes_dropped_before += self.performer.notes_dropped
         self.preset, self.performer = new, performer
+        # What the old preset leaves in reference cycles was frozen with it (freeze_heap):
+        # unfrozen, it is collected, then the heap frozen again (a Program Change already
+        # pauses for the models to load; this adds one collection to that pause).
+        gc.unfreeze()
+        freeze_heap()
         self._announce(new, performer)
 
     # ---- loop --------------------------------------------------------------------------
@@ -166,32 +187,40 @@ class Daemon:
         last_flush = last_status = time.monotonic()
         try:
             while not self.stopping.is_set():
-                try:
-                    self._drain(TICK_S)
-                    self._check_system()
-                    self.performer.tick(self.now_ns())
-                except MidiSystemGone:
-                    raise
-                except Exception as err:  # one hiccup drops one response, not the set
-                    self._hiccup(err)
+                self.step(TICK_S)
                 self._check_sends()
                 mono = time.monotonic()
                 if self.recorder is not None and mono - last_flush >= FLUSH_EVERY_S:
                     self.recorder.flush_in_background()
                     last_flush = mono
                 if mono - last_status >= STATUS_EVERY_S:
+                    self._check_input()
+                    self._check_links()
                     self.status()
                     last_status = mono
         finally:
             self.shutdown()
         return 0
 
+    def step(self, timeout: float) -> None:
+        """One turn of the loop: what came in (waiting up to `timeout` s for it), the MIDI
+        system checked, then what is due generated ahead. An error drops one response, not
+        the set; only the MIDI system going away ends it."""
+        try:
+            self._drain(timeout)
+            self._check_system()
+            self.performer.tick(self.now_ns())
+        except MidiSystemGone:
+            raise
+        except Exception as err:  # one hiccup drops one response, not the set
+            self._hiccup(err)
+
     def _drain(self, timeout: float) -> None:
         try:
             item = self.inp.queue.get(timeout=timeout)
         except queue.Empty:
             return
-        while True:
+        for n in range(1, MAX_DRAIN + 1):
             t_ns, msg = item
             if self.recorder is not None:
                 self.recorder.player(self.clock.beat_at(t_ns), msg)
@@ -200,6 +229,8 @@ class Daemon:
                 self.meter.asked(t_ns)  # a lead note harmonize answers at once
             if asked is not None:  # Program Change: what follows goes to the new preset
                 self.switch(asked.index)
+            if n == MAX_DRAIN:  # the rest waits for the next turn, after tick()
+                return
             try:
                 item = self.inp.queue.get_nowait()
             except queue.Empty:
@@ -230,6 +261,44 @@ class Daemon:
         )
         if self.debug:
             traceback.print_exception(err, file=self.status_stream)
+
+    @property
+    def in_dropped(self) -> int:
+        """Input dropped in a flood: messages that found the input queue full, and note-ons
+        beyond the rate a player can play (Performer.NOTE_RATE)."""
+        queued = getattr(self.inp, "dropped", 0)
+        return queued + self._notes_dropped_before + self.performer.notes_dropped
+
+    def _check_input(self) -> None:
+        """Tell when input starts being dropped (a flood), once per flood."""
+        dropped = self.in_dropped
+        flooding, self._dropped_seen = dropped > self._dropped_seen, dropped
+        if flooding and not self._flooding:
+            self.event("input_dropped", port=self.inp.name, in_dropped=dropped)
+            self.say(
+                f"warning: a flood of input on {self.inp.name!r}: messages beyond what a "
+                f"player can play are dropped ({dropped} so far; the status line counts them)",
+                always=True,
+            )
+        self._flooding = flooding
+
+    def _check_links(self) -> None:
+        """Tell when a port connected by name loses its peer, and when it is back."""
+        if self.watch is not None and self.watch.gone.is_set():
+            return  # libjack must not be asked anything once its server is gone
+        for link in self.links:
+            change = link.check()
+            side = "output" if link.outgoing else "input"
+            if change == "lost":
+                self.event("peer_lost", port=link.peer, side=side)
+                self.say(
+                    f"warning: the {side} {link.peer!r} went away; playing on, and "
+                    f"connecting again when it is back",
+                    always=True,
+                )
+            elif change == "back":
+                self.event("peer_back", port=link.peer, side=side)
+                self.say(f"the {side} {link.peer!r} is back: connected again", always=True)
 
     def _check_sends(self) -> None:
         """Tell when sends start failing (a dead output), and when they work again."""
@@ -280,7 +349,9 @@ class Daemon:
                 port.close()
         if self.watch is not None:
             self.watch.close()
-        self.event("stopped", **self.scheduler.summary(), errors=self.errors)
+        self.event(
+            "stopped", **self.scheduler.summary(), errors=self.errors, in_dropped=self.in_dropped
+        )
         if self._status_drawn and not self.log_json:
             print(file=self.status_stream)
             self._status_drawn = False
@@ -304,6 +375,7 @@ class Daemon:
             "infer_p50_ms": round(p50, 2),
             "infer_p99_ms": round(p99, 2),
             "late_dropped": stats["late_dropped"],
+            "in_dropped": self.in_dropped,
             "send_errors": stats["send_errors"],
             "errors": self.errors,
         }
@@ -337,6 +409,8 @@ class Daemon:
                     if self._sends_failing
                     else f" | send errors {fields['send_errors']}"
                 )
+            if fields["in_dropped"]:
+                line += f" | in dropped {fields['in_dropped']}"
             if fields["errors"]:
                 line += f" | dropped after errors {fields['errors']}"
             print("\r" + line[:160].ljust(160), end="", file=self.status_stream, flush=True)
@@ -364,18 +438,19 @@ def _one_line(err: BaseException) -> str:
 
 def main(args) -> int:
     """Entry point of `companion run`."""
+    # From here on a signal only asks to stop: one during start-up (the models loading, the
+    # ports opening) must not kill the process with its JACK clients still open; the daemon
+    # then ends as soon as it can, cleanly, with exit code 0.
+    stopping = threading.Event()
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda *_: stopping.set())
     preset = presets.load(args.preset)
     if args.record:  # before any port opens: a take must never be lost to a bad path
         check_output(args.record, "--record")
     check_provider(args.provider)  # --provider cuda without CUDA: before any model loads
     backend, why = ports.choose_backend(args.backend)
     configure_realtime()
-    # From here on a signal only asks to stop: one during start-up (the "preset" event is
-    # printed before run()) must not kill the process with its JACK clients still open.
-    stopping = threading.Event()
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), lambda *_: stopping.set())
     # The models are loaded and checked against the preset before any port opens: a preset
     # whose model does not fit ends here, leaving no port and no thread behind.
     daemon = Daemon(
@@ -390,6 +465,9 @@ def main(args) -> int:
         provider=args.provider,
         debug=getattr(args, "debug", False),
     )
+    if stopping.is_set():  # asked to stop while the models loaded: no port opens
+        daemon.close()
+        return 0
     try:
         inp = ports.open_input(args.inp, backend=backend)
         try:
@@ -408,6 +486,14 @@ def main(args) -> int:
             f"the {system} ({why}; preset {preset.name}, {preset.mode}); Ctrl-C to stop",
             file=sys.stderr,
         )
-    watch = ports.JackWatch.start(verbose=daemon.debug) if backend == "jack" else None
-    daemon.attach(inp, out, watch)
+    watch = jack_watch.JackWatch.start(verbose=daemon.debug) if backend == "jack" else None
+    links = []
+    if watch is not None:  # ports connected by name stay connected by name
+        for asked, port, own, outgoing in (
+            (args.inp, inp, ports.VIRTUAL_INPUT, False),
+            (args.out, out, ports.VIRTUAL_OUTPUT, True),
+        ):
+            link = jack_watch.PeerLink.find(watch, port.name, own, outgoing) if asked else None
+            links += [link] if link else []
+    daemon.attach(inp, out, watch, links=links)
     return daemon.run()

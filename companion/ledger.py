@@ -23,6 +23,26 @@ ALL_NOTES_OFF = 123
 Message = Sequence[int]
 
 
+# bytes in a whole message, by status (channel messages by their upper nibble); SysEx
+# (0xF0) is any length; an undefined status (0xF4, 0xF5, 0xF9, 0xFD) is never well formed
+_LENGTH = {0x80: 3, 0x90: 3, 0xA0: 3, 0xB0: 3, 0xC0: 2, 0xD0: 2, 0xE0: 3}
+_SYSTEM_LENGTH = {0xF1: 2, 0xF2: 3, 0xF3: 2, 0xF6: 1, 0xF7: 1, 0xF8: 1, 0xFA: 1, 0xFB: 1}
+_SYSTEM_LENGTH |= {0xFC: 1, 0xFE: 1, 0xFF: 1}
+
+
+def well_formed(msg) -> bool:
+    """A whole MIDI message: a status byte, then as many data bytes (< 0x80) as it takes.
+    Running status (no status byte), a message cut short or with extra bytes, a data byte
+    with its top bit set, or an undefined status is not; SysEx is, whatever its body."""
+    if not msg:
+        return False
+    status = msg[0]
+    if status == 0xF0:
+        return True
+    want = _LENGTH.get(status & 0xF0) if status < 0xF0 else _SYSTEM_LENGTH.get(status)
+    return want == len(msg) and all(0 <= b < 0x80 for b in msg[1:])
+
+
 def note_on(ch: int, pitch: int, velocity: int) -> tuple[int, int, int]:
     """A note-on message for channel `ch` (0-15)."""
     return (NOTE_ON | ch, pitch, velocity)

@@ -14,10 +14,27 @@ import numpy as np
 
 from midi_companion import modes
 from midi_companion.clock import SONG_POSITION, SONG_START, SONG_STOP, InternalClock, MidiClock
+from midi_companion.errors import ModelError
+from midi_companion.ledger import well_formed
 from midi_companion.presets import Preset
 from midi_companion.stats import percentiles
 
 SUSTAIN_CC = 64
+# Note-ons heard from the player: at most NOTE_BURST at once, NOTE_RATE a second sustained
+# (a fast pianist plays ~20). Beyond is a flood (a stuck controller, a feedback loop): those
+# note-ons are dropped and counted (`notes_dropped`), so a phrase never holds thousands.
+NOTE_RATE = 64.0
+NOTE_BURST = 64.0
+# The DAW's clock may jump with no Stop or Song Position Pointer: its first tick after Start
+# (or after a stall) puts the position back to where the ticks say, and a burst of ticks
+# (absurd tempo) throws it far ahead. Between two looks (ticks are ~2 ms apart) a jump back
+# of more than JUMP_BACK or ahead of more than JUMP_AHEAD beats is a relocation: the mode
+# stops, as on Stop, rather than answer a phrase whose beats are no longer the song's, or
+# generate every step it skipped. And however fast the tempo estimate, the mode generates at
+# most MAX_AHEAD beats ahead.
+JUMP_BACK = 0.5
+JUMP_AHEAD = 4.0
+MAX_AHEAD = 1.0
 RELOCATING = (SONG_STOP, SONG_START, SONG_POSITION)  # transport messages that end the music
 
 
@@ -47,9 +64,17 @@ class Performer:
         self.scheduler = scheduler
         self.clock = clock
         self.notes_in = 0
-        built = modes.build(
-            preset, scheduler, clock, np.random.default_rng(seed), provider, speculate
-        )
+        self.notes_dropped = 0  # note-ons beyond NOTE_RATE / NOTE_BURST
+        self._allowance, self._allowance_ns = NOTE_BURST, None
+        self._last_beat: float | None = None  # where tick() last saw the clock
+        try:
+            built = modes.build(
+                preset, scheduler, clock, np.random.default_rng(seed), provider, speculate
+            )
+        except ModelError as err:  # say which preset asked for the model
+            if str(preset.path) in str(err):
+                raise
+            raise ModelError(f"{preset.path}: {err}") from err
         self.mode, self.outputs, self.engines = built.mode, built.outputs, built.engines
         self._sustain = False
 
@@ -81,6 +106,8 @@ class Performer:
         Program Change and the controls act whether the clock runs or not (a preset chosen,
         or panic pressed, before the DAW's play); notes and the controls that need a beat
         (trigger, sustain release ending a phrase) only while it runs."""
+        if not well_formed(msg):  # noise on the wire, a message cut short: not music
+            return None
         status = msg[0]
         if isinstance(self.clock, MidiClock) and MidiClock.handles(msg):
             if status in RELOCATING:
@@ -90,7 +117,7 @@ class Performer:
                 self.stop_sound(t_ns)
             self.clock.feed(msg, t_ns)
             return None
-        if status >= 0xF0 or len(msg) < 2:
+        if status >= 0xF0:
             return None
         ch = status & 0x0F
         if self.preset.input_channel and ch != self.preset.input_channel - 1:
@@ -98,8 +125,6 @@ class Performer:
         kind = status & 0xF0
         if kind == 0xC0:
             return SwitchPreset(msg[1]) if self.preset.controls.program_change else None
-        if len(msg) < 3:  # a note or a control change cut short
-            return None
         if kind == 0xB0:
             self._control(t_ns, msg[1], msg[2])
             return None
@@ -107,10 +132,24 @@ class Performer:
             return None
         beat = self.clock.beat_at(t_ns)
         if kind == 0x90 and msg[2] > 0:
+            if not self._admit(t_ns):
+                return None
             self.notes_in += 1
             self.mode.note_on(beat, msg[1], msg[2])
         elif kind == 0x80 or kind == 0x90:
             self.mode.note_off(beat, msg[1])
+
+    def _admit(self, t_ns: int) -> bool:
+        """Whether a note-on at `t_ns` is within NOTE_RATE / NOTE_BURST (a token bucket)."""
+        if self._allowance_ns is not None:
+            refill = max(0, t_ns - self._allowance_ns) * NOTE_RATE / 1e9
+            self._allowance = min(NOTE_BURST, self._allowance + refill)
+        self._allowance_ns = t_ns
+        if self._allowance < 1.0:
+            self.notes_dropped += 1
+            return False
+        self._allowance -= 1.0
+        return True
 
     def _control(self, t_ns: int, cc: int, value: int) -> None:
         c = self.preset.controls
@@ -145,7 +184,11 @@ class Performer:
         if not self.clock.running:
             return
         now = self.clock.beat_at(now_ns)
-        ahead = self.preset.timing.lookahead_ms * self.clock.bpm / 60_000.0
+        last, self._last_beat = self._last_beat, now
+        if last is not None and not last - JUMP_BACK <= now <= last + JUMP_AHEAD:
+            self.stop_sound(now_ns)  # the clock jumped: a relocation
+            return
+        ahead = min(self.preset.timing.lookahead_ms * self.clock.bpm / 60_000.0, MAX_AHEAD)
         self.mode.tick(now, now + ahead + self.preset.timing.grid)
 
     def stop_sound(self, t_ns: int) -> None:
@@ -153,6 +196,7 @@ class Performer:
         if self.clock.running:
             self.mode.stop(self.clock.beat_at(t_ns))
         self.scheduler.panic()
+        self._last_beat = None
 
     def drop_response(self, t_ns: int) -> None:
         """After an error while handling one event or generating ahead: what the mode had

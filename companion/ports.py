@@ -10,12 +10,16 @@
 - Inputs stamp each message with `time.perf_counter_ns()` on arrival and hand the pair
   `(t_ns, msg)` to a queue.Queue (or the callback given) and do nothing else: the
   callback runs on the MIDI system's thread (for JACK its process thread), and a slow one
-  stalls it. MIDI clock is not filtered out, since MidiClock needs it. Not a SimpleQueue:
-  in CPython 3.11 its get(timeout) blocks forever when a signal handler runs past the
-  deadline (the retry gets a negative timeout), which hung the daemon on SIGTERM.
+  stalls it. The queue is bounded (INPUT_QUEUE): in a flood, what does not fit is dropped
+  and counted, never waited for. MIDI clock is not filtered out, since MidiClock needs it.
+  Not a SimpleQueue: in CPython 3.11 its get(timeout) blocks forever when a signal handler
+  runs past the deadline (the retry gets a negative timeout), which hung the daemon on
+  SIGTERM.
 - Outputs: `send(msg)` is thread-safe; `close()` is idempotent and lets JACK flush first.
 - `loopback_pair()`: an output whose sends are recorded and delivered, through the very same
   stamping callback, to an input; for `companion demo` and for tests.
+- JACK: companion/jack_watch.py (`JackWatch`: the server going away, its ports;
+  `PeerLink`: a port kept connected by name through its peer's restart).
 
 Failures to reach a MIDI system, or names that match no port, raise MidiPortError with one
 sentence saying what to do. rtmidi is imported only when a real port is opened, so name
@@ -24,7 +28,6 @@ matching and the loopback work without it.
 
 from __future__ import annotations
 
-import collections
 import os
 import queue
 import sys
@@ -39,6 +42,11 @@ ALSA_SEQUENCER = "/dev/snd/seq"
 CLIENT_NAME = "midi-companion"
 VIRTUAL_INPUT = "midi-companion in"
 VIRTUAL_OUTPUT = "midi-companion out"
+
+# Messages waiting for the daemon's loop. It takes ~10 us each, so only a flood fills this
+# (10,000 a second for seconds); then new messages are dropped and counted (`dropped`), and
+# the loop stays on time instead of working through a backlog of stale input.
+INPUT_QUEUE = 4096
 
 Message = Sequence[int]
 Stamped = tuple[int, list[int]]  # (t_ns on arrival, raw message)
@@ -131,7 +139,7 @@ def jack_server_running() -> bool:
     """Whether a JACK server answers (a client connects without starting one); libjack's
     complaints while it tries go to /dev/null, not to the user's terminal."""
     try:
-        rtmidi = _rtmidi()
+        rtmidi = load_rtmidi()
     except MidiPortError:
         return False
     if rtmidi.API_UNIX_JACK not in rtmidi.get_compiled_api():
@@ -174,8 +182,9 @@ class InputPort:
         now_ns: Callable[[], int] = time.perf_counter_ns,
     ):
         self.name = name
-        self.queue: queue.Queue[Stamped] = queue.Queue()
-        self._sink = callback if callback is not None else self.queue.put
+        self.queue: queue.Queue[Stamped] = queue.Queue(maxsize=INPUT_QUEUE)
+        self.dropped = 0  # messages that found the queue full (a flood): counted, not kept
+        self._sink = callback if callback is not None else self._enqueue
         self._now = now_ns
         self.closed = False
         self._lock = threading.Lock()
@@ -183,6 +192,13 @@ class InputPort:
     def _on_midi(self, event: tuple[list[int], float], data: object = None) -> None:
         """rtmidi's callback signature: stamp on arrival, hand over, nothing else."""
         self._sink((self._now(), event[0]))
+
+    def _enqueue(self, item: Stamped) -> None:
+        """Never blocks the MIDI thread: when the queue is full the message is dropped."""
+        try:
+            self.queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
 
     def receive(self, timeout: float | None = None) -> Stamped | None:
         """The next (t_ns, msg), waiting up to `timeout` seconds (None: forever, 0: not at
@@ -299,7 +315,7 @@ def loopback_pair(
 # ---- rtmidi -----------------------------------------------------------------------------
 
 
-def _rtmidi():
+def load_rtmidi():
     try:
         import rtmidi
     except ImportError as err:  # missing wheel or missing shared library (libasound)
@@ -312,7 +328,7 @@ def _rtmidi():
 
 def _api(backend: str) -> int:
     """The rtmidi API constant for "native" (the platform's own) or "jack"."""
-    rtmidi = _rtmidi()
+    rtmidi = load_rtmidi()
     if backend == "jack":
         api = rtmidi.API_UNIX_JACK
     elif backend == "native":
@@ -331,7 +347,7 @@ def _api(backend: str) -> int:
 
 def _client(kind: str, backend: str, client_name: str = CLIENT_NAME):
     """A new rtmidi MidiIn/MidiOut on `backend`, or MidiPortError when it cannot be had."""
-    rtmidi = _rtmidi()
+    rtmidi = load_rtmidi()
     api = _api(backend)
     cls = rtmidi.MidiIn if kind == "input" else rtmidi.MidiOut
     try:
@@ -345,7 +361,7 @@ def _client(kind: str, backend: str, client_name: str = CLIENT_NAME):
 def _open(client, name: str | None, direction: str, virtual_name: str, backend: str) -> str:
     """Open a virtual port, or connect to the existing one matching `name`; return the name
     the port goes by."""
-    rtmidi = _rtmidi()
+    rtmidi = load_rtmidi()
     try:
         if name is None:
             client.open_virtual_port(virtual_name)
@@ -377,7 +393,7 @@ JACK_SETTLE_S = 0.1
 def close_client(client) -> None:
     """Close an rtmidi client's port and the client itself; on JACK, only once the graph has
     settled (see JACK_SETTLE_S). Every JACK client of ours closes through here."""
-    rtmidi = _rtmidi()
+    rtmidi = load_rtmidi()
     if client.get_current_api() == rtmidi.API_UNIX_JACK:
         time.sleep(JACK_SETTLE_S)
     client.close_port()
@@ -435,101 +451,6 @@ class MidiOutput(OutputPort):
             if not self.closed:
                 self.closed = True
                 _leak(self._client)
-
-
-class JackWatch:
-    """Tells when the JACK server goes away (killed, or restarted from a control app).
-
-    rtmidi's own clients are not told (their sends still succeed, into nothing), so this is
-    a port-less client of our own through the libjack rtmidi loaded, whose shutdown callback
-    sets `gone` (within ~10 ms of the server's death). `JackWatch.start()` returns None where
-    libjack cannot be reached that way; the daemon then simply has no watch.
-
-    It also takes libjack's error messages (it prints a paragraph of socket errors when the
-    server dies): kept in `messages`, printed to stderr only when `verbose` (--debug)."""
-
-    JACK_NO_START_SERVER = 0x01
-
-    def __init__(self, lib, client, verbose: bool = False):
-        self.gone = threading.Event()
-        self.messages: collections.deque[str] = collections.deque(maxlen=20)
-        self.verbose = verbose
-        self._lib, self._client = lib, client
-        self._default_error = None  # libjack's error function before ours
-
-    def _message(self, text: bytes | None) -> None:
-        """libjack's error function (on whichever thread it complains from)."""
-        line = (text or b"").decode(errors="replace")
-        self.messages.append(line)
-        if self.verbose:
-            print(f"libjack: {line}", file=sys.stderr, flush=True)
-
-    @classmethod
-    def start(
-        cls, client_name: str = f"{CLIENT_NAME}-watch", verbose: bool = False
-    ) -> JackWatch | None:
-        import ctypes
-
-        _rtmidi()  # loads its libjack
-        path = _loaded_library("libjack")
-        if path is None:
-            return None
-        try:
-            lib = ctypes.CDLL(path)
-            lib.jack_client_open.restype = ctypes.c_void_p
-            lib.jack_client_open.argtypes = [
-                ctypes.c_char_p,
-                ctypes.c_int,
-                ctypes.POINTER(ctypes.c_int),
-            ]
-            lib.jack_on_shutdown.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-            lib.jack_client_close.argtypes = [ctypes.c_void_p]
-            lib.jack_set_error_function.argtypes = [ctypes.c_void_p]
-        except (OSError, AttributeError):
-            return None
-        status = ctypes.c_int(0)
-        client = lib.jack_client_open(
-            client_name.encode(), cls.JACK_NO_START_SERVER, ctypes.byref(status)
-        )
-        if not client:
-            return None
-        watch = cls(lib, client, verbose)
-        # called on libjack's threads: they only set the flag, or keep the message
-        gone = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: watch.gone.set())
-        message = ctypes.CFUNCTYPE(None, ctypes.c_char_p)(watch._message)
-        _KEEP_ALIVE.extend((gone, message))  # libjack keeps pointers to them
-        lib.jack_on_shutdown(client, gone, None)
-        try:
-            watch._default_error = ctypes.c_void_p.in_dll(lib, "jack_error_callback").value
-        except ValueError:
-            pass
-        lib.jack_set_error_function(message)
-        return watch
-
-    def close(self) -> None:
-        """Close the watch's client (left alone once the server is gone: see _leak) and give
-        libjack its own error function back."""
-        if self._client and not self.gone.is_set():
-            self._lib.jack_client_close(self._client)
-            if self._default_error:
-                self._lib.jack_set_error_function(self._default_error)
-        self._client = None
-
-
-_KEEP_ALIVE: list = []  # ctypes callbacks handed to libjack
-
-
-def _loaded_library(stem: str) -> str | None:
-    """The path of the shared library `stem` this process has loaded (Linux), else None."""
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            for line in maps:
-                path = line.split()[-1]
-                if stem in os.path.basename(path) and ".so" in path:
-                    return path
-    except OSError:
-        return None
-    return None
 
 
 def open_input(

@@ -23,11 +23,11 @@ import sys
 import threading
 
 from midi_companion.errors import MidiFileError
+from midi_companion.ledger import well_formed
 from midi_companion.outfiles import check_output, write_atomic
 from midi_companion.score import TICKS_PER_BEAT
 
 FLUSH_EVERY_S = 2.0
-_LENGTH = {0x80: 3, 0x90: 3, 0xB0: 3, 0xC0: 2}  # what is recorded, by status nibble
 
 
 def _vlq(n: int) -> bytes:
@@ -91,8 +91,10 @@ class Recorder:
         self._add(beat, "companion", msg)
 
     def _add(self, beat: float, source: str, msg) -> None:
-        if not msg or len(msg) != _LENGTH.get(msg[0] & 0xF0):
-            return  # clock and sysex are not part of the music, nor a malformed message
+        if not well_formed(msg) or msg[0] >= 0xF0:
+            # recorded: every whole channel voice message (notes, aftertouch, CCs, programs,
+            # pitch bend); clock, SysEx and malformed messages are not part of the take
+            return
         with self._lock:
             self._pending.append((max(beat, 0.0), source, tuple(msg)))
 

@@ -26,7 +26,12 @@ _WORKERS: list[threading.Thread] = []
 class Speculator:
     def __init__(self, acc, rng_for, inline: bool = False):
         """`acc`: the Accompanist; `rng_for(step)`: the step's generator."""
-        self.acc, self.rng_for, self.inline = acc, rng_for, inline
+        self.acc, self.inline = acc, inline
+        # a mode's bound method held weakly: the mode holds this, the worker holds this while
+        # it waits, so a strong one would keep a switched-away preset (its models, this
+        # thread) alive for good (the soak's RSS grew ~0.5-5 MB a Program Change)
+        self._rng_for = weakref.WeakMethod(rng_for) if hasattr(rng_for, "__self__") else None
+        self._rng_plain = None if self._rng_for is not None else rng_for
         self.done: dict[int, tuple] = {}  # step -> (base key, held, Speculation)
         self.jobs_ns: deque[int] = deque(maxlen=4096)  # CPU time of each finished job
         self._wanted: tuple | None = None  # the newest wish, not started yet
@@ -85,7 +90,10 @@ class Speculator:
         leads = [frozenset({p}) for p in pitches]
         if held:  # the new note may come while the last one still sounds (legato)
             leads += [held | {p} for p in pitches if p not in held]
-        work = self.acc.speculation(snap, leads, self.rng_for(step))
+        rng_for = self._rng_plain or self._rng_for()
+        if rng_for is None:  # its mode is gone
+            return
+        work = self.acc.speculation(snap, leads, rng_for(step))
         while True:
             try:
                 next(work)

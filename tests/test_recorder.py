@@ -132,3 +132,23 @@ def test_a_failed_write_keeps_everything_and_the_next_flush_writes_it(tmp_path):
         (TICKS_PER_BEAT, "note_off", 0, 60),
         (2 * TICKS_PER_BEAT, "note_on", 0, 62),
     ]
+
+
+def test_pitch_bend_and_aftertouch_are_part_of_the_take(tmp_path):
+    path = tmp_path / "take.mid"
+    rec = Recorder(path, 120.0)
+    rec.player(0.0, (0x90, 60, 90))
+    rec.player(0.25, (0xE0, 0x00, 0x50))  # bend up
+    rec.player(0.5, (0xD0, 70))  # channel pressure
+    rec.player(0.75, (0xA0, 60, 40))  # poly aftertouch
+    rec.player(1.0, (0x80, 60, 0))
+    rec.flush()
+    msgs = [m for m in mido.MidiFile(path).tracks[1] if not m.is_meta]
+    assert [m.type for m in msgs] == [
+        "note_on",
+        "pitchwheel",
+        "aftertouch",
+        "polytouch",
+        "note_off",
+    ]
+    assert msgs[1].pitch == (0x50 << 7) - 8192

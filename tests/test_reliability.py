@@ -22,7 +22,7 @@ from pathlib import Path
 import mido
 import pytest
 
-from midi_companion import cli, daemon, engine, ports, presets
+from midi_companion import cli, daemon, engine, jack_watch, ports, presets
 from midi_companion.clock import MidiClock
 from midi_companion.daemon import Daemon
 from midi_companion.errors import ModelError, ProviderError
@@ -591,3 +591,147 @@ def test_the_jack_server_dying_ends_the_daemon_within_2_s_with_its_recording(jac
     assert len(lines) == 1 and "JACK server went away" in lines[0], stderr
     tracks = {tr.name: tr for tr in mido.MidiFile(record).tracks}
     assert [m.note for m in tracks["player"] if m.type == "note_on" and m.velocity] == pitches
+
+
+# ---- 10. floods and clock jumps (found by tests/test_fuzz.py) ----------------------------------
+
+
+def test_a_full_input_queue_drops_and_counts_instead_of_blocking_the_midi_thread():
+    to_daemon, inp = loopback_pair("flood")
+    for i in range(ports.INPUT_QUEUE + 500):
+        to_daemon.send((0x90, 60 + i % 12, 90))  # returns at once even when full
+    assert inp.queue.qsize() == ports.INPUT_QUEUE
+    assert inp.dropped == 500
+
+
+@needs_zoo
+def test_note_ons_beyond_what_a_player_can_play_are_dropped_and_counted():
+    from midi_companion import performer as perf
+
+    now = VirtualTime()
+    sched = Scheduler(lambda m: None, now_ns=now)
+    clock = daemon.make_clock("internal", 120, 4, now)
+    clock.start(at_ns=0)
+    p = Performer(presets.load("folk"), sched, clock, seed=0, provider="cpu")
+    for i in range(1000):  # 1000 note-ons in 100 ms
+        p.handle(i * 100_000, (0x90, 40 + i % 40, 90))
+    assert p.notes_in <= perf.NOTE_BURST + 0.1 * perf.NOTE_RATE + 1
+    assert p.notes_in + p.notes_dropped == 1000
+    p.notes_in = 0
+    for i in range(16):  # then a player: 16ths at 120 bpm, all heard
+        p.handle(10**9 + i * 125 * MS, (0x90, 60, 90))
+    assert p.notes_in == 16
+    sched.stop()
+
+
+@needs_zoo
+def test_a_flood_in_the_queue_is_handled_in_turns_and_generation_goes_on():
+    _, daemon_in = loopback_pair("player")
+    d = Daemon(
+        presets.load("folk"),
+        quiet=True,
+        status_stream=io.StringIO(),
+        provider="cpu",
+    )
+    d.attach(daemon_in, loopback_pair("listener")[0], thread=False)
+    try:
+        for i in range(3 * daemon.MAX_DRAIN):
+            daemon_in.queue.put((time.perf_counter_ns(), [0xB0, 7, i % 128]))
+        d.step(0)
+        assert daemon_in.queue.qsize() == 2 * daemon.MAX_DRAIN  # one turn's worth handled
+    finally:
+        d.shutdown()
+
+
+@needs_zoo
+def test_the_daws_clock_jumping_back_without_a_stop_forgets_the_phrase():
+    """Start, a phrase, then the first tick comes 2 s late: the position snaps back from
+    beat 4 to 0. The phrase's beats are no longer the song's: it is forgotten (answering it
+    failed: stream times must not decrease), nothing sounds, nothing fails."""
+    now = VirtualTime()
+    sent: list[tuple[int, ...]] = []
+    sched = Scheduler(lambda m: sent.append(tuple(m)), now_ns=now)
+    clock = MidiClock(bpm=120, beats_per_bar=4)
+    p = Performer(presets.load("folk"), sched, clock, seed=0, provider="cpu")
+    p.handle(0, (0xFA,))
+    for i, pitch in enumerate((60, 62, 64, 65)):  # beats 2.0 .. 3.5 on the provisional line
+        t = (1000 + i * 250) * MS
+        p.handle(t, (0x90, pitch, 90))
+        p.handle(t + 200 * MS, (0x80, pitch, 0))
+        p.tick(t + 200 * MS)
+    now.ns = 2000 * MS
+    p.tick(now.ns)
+    p.handle(now.ns, (0xF8,))  # the first tick: beat 0 now
+    for k in range(1, 200):  # ticks on at 120 bpm for 4 s: no answer to a stale phrase
+        now.ns = 2000 * MS + k * 20_833_333
+        p.handle(now.ns, (0xF8,))
+        p.tick(now.ns)
+        sched.run_pending(now.ns)
+    assert not [m for m in sent if m[0] & 0xF0 == 0x90 and m[2]], "a stale phrase was answered"
+    sched.stop()
+
+
+class FakeJack:
+    """The three questions PeerLink asks a JackWatch, over a set of ports and connections."""
+
+    def __init__(self, ports_, links):
+        self.ports, self.links = set(ports_), set(links)
+
+    def exists(self, port):
+        return port in self.ports
+
+    def connections(self, port):
+        return [b for a, b in self.links if a == port] + [a for a, b in self.links if b == port]
+
+    def connect(self, a, b):
+        if a in self.ports and b in self.ports:
+            self.links.add((a, b))
+        return (a, b) in self.links
+
+
+def test_a_peer_connected_by_name_is_told_lost_then_connected_again():
+    ours, synth = "midi-companion:midi-companion out", "synth:in"
+    jack = FakeJack({ours, synth}, {(ours, synth)})
+    link = jack_watch.PeerLink.find(jack, synth, ports.VIRTUAL_OUTPUT, outgoing=True)
+    assert link is not None and link.ours == ours
+    assert link.check() is None  # connected, nothing changed
+    jack.ports.discard(synth)  # the synth quits: its connections go with it
+    jack.links.clear()
+    assert link.check() == "lost"
+    assert link.check() is None  # told once
+    jack.ports.add(synth)  # restarted under the same name
+    assert link.check() == "back" and (ours, synth) in jack.links
+    assert link.check() is None
+
+
+@needs_zoo
+def test_a_program_change_frees_the_old_preset_its_models_and_threads(monkeypatch):
+    """Found by the soak (RSS +14 MB in 32 Program Changes): harmonize's speculation worker
+    and the heap freeze kept every switched-away preset alive, models and thread included."""
+    import gc
+    import weakref
+
+    listed = [presets.presets_dir() / "jam.toml", presets.presets_dir() / "chorale.toml"]
+    monkeypatch.setattr(presets, "available", lambda: listed)
+
+    def workers():
+        return sum(t.name == "speculation" and t.is_alive() for t in threading.enumerate())
+
+    before = workers()  # other tests' modes may still be winding down
+    d = Daemon(presets.load("jam"), quiet=True, status_stream=io.StringIO(), provider="cpu")
+    d.attach(loopback_pair("player")[1], loopback_pair("listener")[0], thread=False)
+    try:
+        d.switch(1)
+        gone = [weakref.ref(e) for e in d.performer.engines]
+        for i in range(4):
+            d.switch(i % 2)  # ends on the chorale: one speculation worker
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (
+            any(r() is not None for r in gone) or workers() > before + 1
+        ):
+            time.sleep(0.1)  # a speculation worker notices its mode is gone within 0.5 s
+            gc.collect()
+        assert not [r for r in gone if r() is not None], "a switched-away preset's models live on"
+        assert workers() <= before + 1, [t.name for t in threading.enumerate()]
+    finally:
+        d.shutdown()
