@@ -169,7 +169,8 @@ def targets(r: dict) -> list[dict]:
             note=f"{harm['answered']} of {harm['notes']} lead notes answered before the next "
             f"grid line",
         )
-        if harm["answered"] < harm["notes"] / 2:  # a p99 of the few answered says little
+        struck = (harm.get("speculation") or {}).get("struck") or harm["notes"]
+        if harm["answered"] < struck / 2:  # a p99 of the few answered says little
             rows[-1].update(met=False, miss=None)
     else:
         add(

@@ -224,9 +224,9 @@ class Daemon:
             t_ns, msg = item
             if self.recorder is not None:
                 self.recorder.player(self.clock.beat_at(t_ns), msg)
-            asked = self.performer.handle(t_ns, msg)
             if self.preset.harmonize and len(msg) == 3 and msg[0] & 0xF0 == 0x90 and msg[2]:
-                self.meter.asked(t_ns)  # a lead note harmonize answers at once
+                self.meter.asked(t_ns)  # a lead note harmonize answers at once (while handled)
+            asked = self.performer.handle(t_ns, msg)
             if asked is not None:  # Program Change: what follows goes to the new preset
                 self.switch(asked.index)
             if n == MAX_DRAIN:  # the rest waits for the next turn, after tick()

@@ -26,8 +26,9 @@ dropped):
 - everything else (control changes, program changes, ...) is sent late rather than never,
   since it changes the synth's state.
 
-All sends happen under one lock, in the scheduler thread or in the caller of `panic()`/`stop()`,
-so `send` is never called from two threads at once.
+All sends happen under one lock, in the scheduler thread, in the caller of `panic()`/`stop()`,
+or in the caller of `schedule()` for what is already due (an answer sent at once), so `send`
+is never called from two threads at once.
 """
 
 from __future__ import annotations
@@ -173,13 +174,19 @@ class Scheduler:
         self.schedule_many([(due_ns, msg)])
 
     def schedule_many(self, items: Iterable[tuple[int, Message]]) -> None:
-        """Schedule several (due_ns, msg) pairs at once (one lock, one wake-up)."""
+        """Schedule several (due_ns, msg) pairs at once (one lock, one wake-up). With the
+        thread running, what is due already (an answer to the note just played) is sent
+        from here at once, in order, rather than after the thread wakes for it."""
         entries = [self._entry(due, msg) for due, msg in items]
         with self._lock:
             if self._stopped:
                 raise RuntimeError("the scheduler is stopped; make a new one to play again")
             for entry in entries:
                 heapq.heappush(self._heap, entry)
+            if self._thread is not None and entries:
+                now = self._now()
+                if min(e[0] for e in entries) <= now:
+                    self.run_pending(now)
         self._wake.set()
 
     def _entry(self, due_ns: int, msg: Message) -> tuple[int, int, int, tuple[int, ...]]:
