@@ -65,11 +65,11 @@ def run(args, sections: set[str]) -> dict:
     if "engine" in sections:
         r["engine"] = []
         for model in shipped:
-            if not measure.steps_in_time(model):  # a one-shot graph: timed by its own command
-                _log(f"engine {model.stem}: not a step model ({measure.protocol_of(model)})")
+            e = measure.measure_engine(model, 300 if args.smoke else 2000, provider)
+            if e is None:  # a one-shot graph: timed by its own command
+                _log(f"engine {model.stem}: not a step model")
                 continue
-            r["engine"].append(measure.measure_engine(model, 300 if args.smoke else 2000, provider))
-            e = r["engine"][-1]
+            r["engine"].append(e)
             _log(
                 f"engine {model.stem}: ORT {_fmt(e['ort_ms'])}, torch "
                 f"{_fmt(e['torch_ms']) if e['torch_ms'] else 'n/a'}, "

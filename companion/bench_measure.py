@@ -413,34 +413,23 @@ def measure_speculation(pieces: int, provider: str = "auto") -> dict:
     return out
 
 
-def protocol_of(path: Path) -> str:
-    from midi_companion.modelfile import load
-
-    return load(path).protocol
-
-
-def steps_in_time(path: Path) -> bool:
-    """Whether the model file generates step by step (a voice or the accompanist drives
-    it): what the engine section times. One-shot graphs (a GAN's generator, the band's
-    block steps, a classifier) are timed by their own commands."""
-    from midi_companion.voices import DRIVERS, Accompanist
-
-    return protocol_of(path) in {*DRIVERS, Accompanist.protocol}
-
-
-def measure_engine(path: Path, steps: int, provider: str = "auto") -> dict:
+def measure_engine(path: Path, steps: int, provider: str = "auto") -> dict | None:
     """Per-step inference (onnxruntime, one thread, as the daemon runs it) while generating
     for real (sampling, grammar masks, decoding), the real-time factor of that generation,
-    and torch eager on the very same step inputs when torch is importable."""
+    and torch eager on the very same step inputs when torch is importable. None for a model
+    that does not generate step by step (a GAN's generator, the band's block graphs, a
+    classifier: one-shot graphs, timed by their own commands)."""
     import numpy as np
 
     from midi_companion.engine import Engine
     from midi_companion.modelfile import load
     from midi_companion.sampling import Sampling
     from midi_companion.score import Note, Score
-    from midi_companion.voices import Accompanist, voice_for
+    from midi_companion.voices import DRIVERS, Accompanist, voice_for
 
     model = load(path)
+    if model.protocol not in {*DRIVERS, Accompanist.protocol}:
+        return None
     rng = np.random.default_rng(0)
     sampling = Sampling(0.9, 0, 0.95)
     feeds: list[dict] = []
