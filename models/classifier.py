@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from midi_companion.models.transformer import rotate
+from midi_companion.models.transformer import _init, rotate
 
 FAMILY = "classifier"
 PROTOCOL = "classify"
@@ -269,15 +269,6 @@ class _Graph(nn.Module):
 
     def forward(self, tokens, lengths):
         return (self.model(tokens, lengths),)  # the exporter's outputs are a tuple
-
-
-def _init(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Embedding):
-        nn.init.normal_(m.weight, std=0.02)
 
 
 # ---- family contract ---------------------------------------------------------------------

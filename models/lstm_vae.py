@@ -312,17 +312,23 @@ class _Encoder(nn.Module):
 
 # ---- family contract ---------------------------------------------------------------------
 def build(family: str, rep, **model_args) -> LSTMVAE:
-    if family != FAMILY:
-        raise ValueError(f"models.lstm_vae builds {FAMILY!r} (received {family!r})")
+    return LSTMVAE(rep.vocab_size, **vae_args(FAMILY, "lstm_vae", family, rep, model_args))
+
+
+def vae_args(own: str, module: str, family: str, rep, model_args: dict) -> dict:
+    """A latent token family's build arguments (lstm-vae, transformer-vae): checked to be
+    this family on a token representation, with the meter inputs where it counts time."""
+    if family != own:
+        raise ValueError(f"models.{module} builds {own!r} (received {family!r})")
     if rep.kind != "tokens":
         raise ValueError(
-            f"{FAMILY} needs a token representation (received {rep.name!r}, which gives {rep.kind})"
+            f"{own} needs a token representation (received {rep.name!r}, which gives {rep.kind})"
         )
     if model_args.pop("meter", True) and rep.token_steps() is not None:
         model_args.update(
             meter=True, token_steps=rep.token_steps(), steps_per_beat=rep.steps_per_beat
         )
-    return LSTMVAE(rep.vocab_size, **model_args)
+    return model_args
 
 
 def batches(

@@ -28,9 +28,9 @@ from torch import Tensor, nn
 
 from midi_companion.models import lstm_vae
 from midi_companion.models.classifier import PhraseEncoder
-from midi_companion.models.classifier import _init as init_weights
-from midi_companion.models.lstm_vae import LSTMVAE, check_vae_args
+from midi_companion.models.lstm_vae import LSTMVAE, check_vae_args, vae_args
 from midi_companion.models.transformer import Block
+from midi_companion.models.transformer import _init as init_weights
 
 FAMILY = "transformer-vae"
 PROTOCOL = "token-step"
@@ -165,17 +165,8 @@ class TransformerVAE(nn.Module):
 
 
 def build(family: str, rep, **model_args) -> TransformerVAE:
-    if family != FAMILY:
-        raise ValueError(f"models.transformer_vae builds {FAMILY!r} (received {family!r})")
-    if rep.kind != "tokens":
-        raise ValueError(
-            f"{FAMILY} needs a token representation (received {rep.name!r}, which gives {rep.kind})"
-        )
-    if model_args.pop("meter", True) and rep.token_steps() is not None:
-        model_args.update(
-            meter=True, token_steps=rep.token_steps(), steps_per_beat=rep.steps_per_beat
-        )
-    return TransformerVAE(rep.vocab_size, **model_args)
+    args = vae_args(FAMILY, "transformer_vae", family, rep, model_args)
+    return TransformerVAE(rep.vocab_size, **args)
 
 
 batches = lstm_vae.batches
