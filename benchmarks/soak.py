@@ -346,6 +346,8 @@ def soak(minutes: float, bpm: float, burn_s: float = 0.0) -> dict:
             "rss_slope_mb_per_hour": round(slope_per_hour(warm), 2),
             "late_dropped": status.get("late_dropped"),
             "late_dropped_outside_burn": late_outside,
+            # of those: generated after their due time had passed (not sent late)
+            "late_on_arrival": status.get("late_on_arrival"),
             "saturation": saturated,
             "send_errors": status.get("send_errors"),
             "errors": status.get("errors"),

@@ -375,6 +375,7 @@ class Daemon:
             "infer_p50_ms": round(p50, 2),
             "infer_p99_ms": round(p99, 2),
             "late_dropped": stats["late_dropped"],
+            "late_on_arrival": stats["late_on_arrival"],
             "in_dropped": self.in_dropped,
             "send_errors": stats["send_errors"],
             "errors": self.errors,

@@ -35,6 +35,10 @@ class Output:
             due = self.clock.time_at(ev.beat)
             self.scheduler.schedule(due if floor is None else max(due, floor), msg)
 
+    def beat_now(self) -> float:
+        """The beat it is now, by the scheduler's clock (virtual time offline)."""
+        return self.clock.beat_at(self.scheduler.now_ns())
+
     def cancel_after(self, beat: float) -> None:
         """Drop what was to start after `beat` and end what sounds then (interruption)."""
         self.scheduler.cancel_after(self.clock.time_at(beat), channels=set(self.channels))

@@ -29,7 +29,7 @@ NS_PER_BEAT = int(60e9 / BPM)
 class Stage:
     """A Performer on a virtual clock; `sent` is (t_ns, msg) of everything it played."""
 
-    def __init__(self, preset):
+    def __init__(self, preset, tolerance_ns: int = 10**15):
         self.now = VirtualTime()
         self.clock = InternalClock(bpm=BPM, beats_per_bar=4, now_ns=self.now)
         self.clock.start(at_ns=0)
@@ -37,7 +37,7 @@ class Stage:
         self.sched = Scheduler(
             lambda m: self.sent.append((self.now.ns, tuple(m))),
             now_ns=self.now,
-            tolerance_ns=10**15,
+            tolerance_ns=tolerance_ns,
         )
         self.performer = Performer(preset, self.sched, self.clock, seed=0, provider="cpu")
         self.answer_channels = {ch for o in self.performer.outputs for ch in o.channels}
@@ -76,6 +76,28 @@ def folk(silence_beats=8.0, **controls):
         timing=replace(p.timing, silence_beats=silence_beats, bpm=BPM),
         controls=replace(p.controls, **controls),
     )
+
+
+def test_an_answer_whose_priming_runs_past_its_beat_starts_a_beat_later_not_late():
+    """Live, priming the model with the phrase takes time (~0.2 ms a token). A phrase whose
+    silence ends just before a beat left the first notes of the answer due before they were
+    generated, so dropped as late (the soak's late drops). Here each token the voice reads
+    costs 1 ms of the clock: the answer starts on the next beat that is still ahead, and
+    nothing is dropped."""
+    stage = Stage(folk(silence_beats=2.0), tolerance_ns=10_000_000)
+    voice = stage.performer.mode.voice
+    read = voice.feed
+
+    def slow_feed(tok):
+        stage.now.ns += 1_000_000
+        read(tok)
+
+    voice.feed = slow_feed
+    stage.phrase(0.0)  # last release at 1.95: the answer would start at 4.0, 25 ms after
+    stage.until(12.0)
+    onsets = stage.answer_onsets()
+    assert onsets and stage.sched.stats.late_dropped == 0
+    assert min(onsets) >= 5.0 - 1e-6 and min(onsets) % 1.0 < 1e-6
 
 
 def test_the_trigger_cc_ends_the_phrase_now():

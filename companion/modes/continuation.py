@@ -28,10 +28,11 @@ def answer_start(now: float, timing) -> float:
     return math.ceil(now / unit - 1e-6) * unit
 
 
-def encode_phrase(rep, notes: list[Note], origin: float, start: float) -> list:
+def encode_phrase(rep, notes: list[Note], origin: float, start: float, enc=None) -> list:
     """The tokens of a phrase, times from `origin`, then the silence up to `start`. An event
-    past `start` (a release a hair after the beat the answer snapped to) is read at it."""
-    enc = rep.stream_encoder()
+    past `start` (a release a hair after the beat the answer snapped to) is read at it.
+    `enc`: the stream encoder to write with (to write more silence after, later)."""
+    enc = rep.stream_encoder() if enc is None else enc
     events = sorted(
         [(min(n.onset, start) - origin, 1, n.pitch, n.velocity) for n in notes]
         + [(min(n.end, start) - origin, 0, n.pitch, 0) for n in notes]
@@ -176,11 +177,23 @@ class Continuation:
         first = max(n.onset for n in self.phrase) - CONTEXT_BARS * bpb
         notes = [n for n in self.phrase if n.onset >= first]
         origin = math.floor(min(n.onset for n in notes) / bpb) * bpb
-        tokens = encode_phrase(self.rep, notes, origin, start)
+        enc = self.rep.stream_encoder()
+        tokens = encode_phrase(self.rep, notes, origin, start, enc)
         decoder = self.rep.stream_decoder(0.0)
         self.voice.prime(tokens)  # reset and feed (a latent voice encodes the phrase first)
         for tok in tokens:
             decoder.feed(tok)
+        # Priming took time (live: ~0.2 ms a token, tens of ms for a long phrase). When it
+        # left less than the lookahead before `start`, the first notes would be due before
+        # they are generated, so dropped: the answer starts a beat (bar) later, after more
+        # silence. Offline the clock does not move while priming, so nothing changes there.
+        after = self.output.beat_now()
+        ahead = self.timing.lookahead_ms * self.output.clock.bpm / 60e3
+        if after > now and after + ahead > start:
+            start = answer_start(after + ahead, self.timing)
+            for tok in enc.advance(start - origin):
+                self.voice.feed(tok)
+                decoder.feed(tok)
         # The model's time is the player's, from the bar line `origin`: never shifted, or the
         # model would place its beat where the player's is not (the encoder writes a partial
         # time shift only before an event, so the context may end short of `start`; what the
