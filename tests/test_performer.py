@@ -78,26 +78,28 @@ def folk(silence_beats=8.0, **controls):
     )
 
 
-def test_an_answer_whose_priming_runs_past_its_beat_starts_a_beat_later_not_late():
-    """Live, priming the model with the phrase takes time (~0.2 ms a token). A phrase whose
+@pytest.mark.parametrize("prime_ms, first", [(300, 4.0), (700, 5.0), (1200, 6.0)])
+def test_priming_the_model_with_the_phrase_never_makes_the_answer_late(prime_ms, first):
+    """Live, priming the model with the phrase takes time (~0.1 ms a token). A phrase whose
     silence ends just before a beat left the first notes of the answer due before they were
-    generated, so dropped as late (the soak's late drops). Here each token the voice reads
-    costs 1 ms of the clock: the answer starts on the next beat that is still ahead, and
-    nothing is dropped."""
+    generated, so dropped as late (the soak's late drops). Here priming costs `prime_ms` of
+    the clock (a beat is 500 ms): the model is primed a beat before the silence ends, so the
+    answer starts on its beat (4.0); when even that is too little, on the next beat still
+    ahead. Nothing is dropped."""
     stage = Stage(folk(silence_beats=2.0), tolerance_ns=10_000_000)
     voice = stage.performer.mode.voice
-    read = voice.feed
+    prime = voice.prime
 
-    def slow_feed(tok):
-        stage.now.ns += 1_000_000
-        read(tok)
+    def slow_prime(tokens):
+        stage.now.ns += prime_ms * 1_000_000
+        prime(tokens)
 
-    voice.feed = slow_feed
+    voice.prime = slow_prime
     stage.phrase(0.0)  # last release at 1.95: the answer would start at 4.0, 25 ms after
     stage.until(12.0)
     onsets = stage.answer_onsets()
     assert onsets and stage.sched.stats.late_dropped == 0
-    assert min(onsets) >= 5.0 - 1e-6 and min(onsets) % 1.0 < 1e-6
+    assert min(onsets) >= first - 1e-6 and min(onsets) % 1.0 < 1e-6
 
 
 def test_the_trigger_cc_ends_the_phrase_now():

@@ -18,6 +18,8 @@ from midi_companion.sampling import Sampling
 from midi_companion.score import Note
 
 CONTEXT_BARS = 8  # the phrase context the model sees; bounds priming time
+CONTEXT_NOTES = 256  # and at most this many notes of it (~1,000 tokens, ~0.1 s to prime)
+PRIME_EARLY_BEATS = 1.0  # prime the model this long before the silence ends the phrase
 MAX_TOKENS_PER_TICK = 512  # a model that never advances time cannot stall the loop
 
 
@@ -121,9 +123,11 @@ class Continuation:
         self.last_input: float | None = None
         self.response: Response | None = None
         self.responses = 0
+        self._primed: tuple | None = None  # (key, notes, origin, encoder, decoder): see tick
 
     # ---- input -------------------------------------------------------------------------
     def note_on(self, beat: float, pitch: int, velocity: int) -> None:
+        self._primed = None  # the phrase goes on: a priming for it is stale
         if self.response is not None and self.preset.on_input == "interrupt":
             self.interrupt(beat)
         if pitch in self.held:  # a repeated key without its release: close the first
@@ -158,24 +162,31 @@ class Continuation:
     # ---- time --------------------------------------------------------------------------
     def tick(self, now: float, horizon: float) -> None:
         """Called often (every few ms): start a response when the phrase has ended, and
-        generate the running one up to `horizon` beats."""
-        if (
-            self.response is None
-            and self.phrase
-            and not self.held
-            and now - self.last_input >= self.timing.silence_beats
-        ):
-            self.respond(now)
+        generate the running one up to `horizon` beats. A beat before the silence would end
+        the phrase, the model is primed with it (tens of ms for a long phrase, which would
+        otherwise fall between the phrase's end and the answer's first notes)."""
+        if self.response is None and self.phrase and not self.held:
+            ends = self.last_input + self.timing.silence_beats
+            if self._primed is None and now >= ends - PRIME_EARLY_BEATS:
+                start = answer_start(ends, self.timing)
+                self._primed = (self._key(), start, *self._prepare(start))
+            if now >= ends:
+                self.respond(now)
         if self.response is not None:
             self.output.play(self.response.generate(horizon, self.rng, self.sampling))
             if self.response.done:
                 self.response = None
 
-    def respond(self, now: float) -> None:
-        start = answer_start(now, self.timing)
+    def _key(self) -> tuple:
+        """What a priming is good for: the phrase as it is."""
+        return (len(self.phrase), self.last_input)
+
+    def _prepare(self, start: float) -> tuple:
+        """The voice primed with the phrase (its last CONTEXT_BARS, at most CONTEXT_NOTES)
+        and the silence up to `start`: (notes, origin, encoder, decoder)."""
         bpb = self.timing.beats_per_bar
         first = max(n.onset for n in self.phrase) - CONTEXT_BARS * bpb
-        notes = [n for n in self.phrase if n.onset >= first]
+        notes = [n for n in self.phrase if n.onset >= first][-CONTEXT_NOTES:]
         origin = math.floor(min(n.onset for n in notes) / bpb) * bpb
         enc = self.rep.stream_encoder()
         tokens = encode_phrase(self.rep, notes, origin, start, enc)
@@ -183,17 +194,31 @@ class Continuation:
         self.voice.prime(tokens)  # reset and feed (a latent voice encodes the phrase first)
         for tok in tokens:
             decoder.feed(tok)
-        # Priming took time (live: ~0.2 ms a token, tens of ms for a long phrase). When it
-        # left less than the lookahead before `start`, the first notes would be due before
-        # they are generated, so dropped: the answer starts a beat (bar) later, after more
-        # silence. Offline the clock does not move while priming, so nothing changes there.
+        return notes, origin, enc, decoder
+
+    def _advance(self, enc, decoder, to: float) -> None:
+        """More silence, up to `to` (beats from the phrase's origin), into the primed voice."""
+        for tok in enc.advance(to):
+            self.voice.feed(tok)
+            decoder.feed(tok)
+
+    def respond(self, now: float) -> None:
+        start = answer_start(now, self.timing)
+        primed, self._primed = self._primed, None
+        if primed is not None and primed[0] == self._key() and primed[1] <= start:
+            notes, origin, enc, decoder = primed[2:]  # primed a beat ago (tick)
+            self._advance(enc, decoder, start - origin)  # a beat later than foreseen
+        else:
+            notes, origin, enc, decoder = self._prepare(start)
+        # Priming here took time (live: ~0.1 ms a token). When it ran past `start`, the
+        # first notes would be due before they are generated, so dropped: the answer starts
+        # a beat (bar) later, after more silence. (Generating them takes a few ms, which the
+        # scheduler's tolerance covers.) Offline the clock does not move while priming.
+        bpb = self.timing.beats_per_bar
         after = self.output.beat_now()
-        ahead = self.timing.lookahead_ms * self.output.clock.bpm / 60e3
-        if after > now and after + ahead > start:
-            start = answer_start(after + ahead, self.timing)
-            for tok in enc.advance(start - origin):
-                self.voice.feed(tok)
-                decoder.feed(tok)
+        if after > start:
+            start = answer_start(after, self.timing)
+            self._advance(enc, decoder, start - origin)
         # The model's time is the player's, from the bar line `origin`: never shifted, or the
         # model would place its beat where the player's is not (the encoder writes a partial
         # time shift only before an event, so the context may end short of `start`; what the
@@ -248,3 +273,4 @@ class Continuation:
             self.interrupt(beat)
         self.phrase = []
         self.held.clear()
+        self._primed = None
