@@ -108,7 +108,7 @@ def _through_jack(
                 f"speculation {spec.get('hits', 0)} hits, {spec.get('misses', 0)} misses; "
                 f"a voice struck under {spec.get('struck')} lead notes, all held under "
                 f"{spec.get('held')}; the daemon's meter p50 {spec.get('daemon_answer_p50_ms')}"
-                f" / p99 {spec.get('daemon_answer_p99_ms')} ms"
+                f" / p99 {spec.get('daemon_answer_p99_ms')} ms; CPU {h['cpu']}"
             )
         else:
             skip("harmonize", f"no chorale model in {zoo}")
@@ -122,6 +122,13 @@ def _through_jack(
             _log(f"timing ({continuing[0]}): {_fmt(r['timing_continue']['error_ms'])}")
         else:
             skip("timing", f"no folk or piano model in {zoo}")
+    if "jam" in sections:
+        if "jam" in playable:  # the solo, on its grid, while the player rests
+            path = preset_copy("jam", tmp / "jam.toml", zoo=zoo)
+            r["timing_jam"] = measure.measure_continue_timing(path, 2 if smoke else 8, provider)
+            _log(f"timing (jam's solo): {_fmt(r['timing_jam']['error_ms'])}")
+        else:
+            skip("jam", f"no chorale or folk model in {zoo}")
     if "session" in sections:
         if "chorale" in playable:
             path = preset_copy(
@@ -137,7 +144,7 @@ def _through_jack(
             )
             _log(
                 f"session {seconds:g} s: late dropped {s['late_dropped']}, timing "
-                f"{_fmt(s['error_ms'])}, peak RSS {s['peak_rss_mb']:.0f} MB"
+                f"{_fmt(s['error_ms'])}, peak RSS {s['peak_rss_mb']:.0f} MB, CPU {s['cpu']}"
             )
         else:
             skip("session", f"no chorale model in {zoo}")

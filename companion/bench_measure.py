@@ -215,6 +215,8 @@ def measure_harmonize(preset: Path, notes: int, bpm: float, provider: str = "aut
     daemon, keyboard, listener = _session(preset, "--bpm", bpm, "--provider", provider)
     latencies, lead = [], melody(notes)
     try:
+        idle = cpu_share(daemon, IDLE_S)
+        playing = CpuShare(daemon)
         b0 = math.floor(daemon.beat_at(time.perf_counter_ns() + 500 * MS)) + 1
         for i, pitch in enumerate(lead):
             sleep_until(daemon.time_at(b0 + (i + 0.4) * grid))
@@ -231,6 +233,7 @@ def measure_harmonize(preset: Path, notes: int, bpm: float, provider: str = "aut
                 latencies.append(got[0] - t)
             sleep_until(daemon.time_at(b0 + (i + 0.9) * grid))
             keyboard.send((0x80, pitch, 0))
+        busy = playing.share()
         status = [e for _, e in daemon.events if e.get("event") == "status"]
     finally:
         stopped = _finish(daemon, keyboard, listener)
@@ -241,6 +244,7 @@ def measure_harmonize(preset: Path, notes: int, bpm: float, provider: str = "aut
         "grid": grid,
         "latency_ms": summary_ms(latencies),
         "late_dropped": stopped["late_dropped"],
+        "cpu": {"idle": idle, "playing": busy},
         "speculation": {
             "hits": status[-1].get("speculation_hits", 0),
             "misses": status[-1].get("speculation_misses", 0),
@@ -259,12 +263,38 @@ def measure_harmonize(preset: Path, notes: int, bpm: float, provider: str = "aut
     }
 
 
+IDLE_S = 3.0  # the daemon's CPU while nothing is played is measured over this long
+
+
+class CpuShare:
+    """The daemon's CPU use (its sending process included) from now on, as a share of one
+    core; None where /proc cannot tell."""
+
+    def __init__(self, daemon: DaemonProcess):
+        self.daemon, self.cpu, self.t = daemon, daemon.cpu_s(), time.perf_counter()
+
+    def share(self) -> float | None:
+        cpu = self.daemon.cpu_s()
+        if cpu is None or self.cpu is None:
+            return None
+        return round((cpu - self.cpu) / (time.perf_counter() - self.t), 3)
+
+
+def cpu_share(daemon: DaemonProcess, seconds: float) -> float | None:
+    """The daemon's CPU use over the next `seconds`, with nothing played to it."""
+    share = CpuShare(daemon)
+    time.sleep(seconds)
+    return share.share()
+
+
 def measure_continue_timing(preset: Path, cycles: int, provider: str = "auto") -> dict:
     """Phrase, silence, the whole response, `cycles` times; |arrival - grid| of every note
-    message of the responses (the model's grid on the daemon's beats)."""
+    message of the responses (the model's grid on the daemon's beats). For jam, the solo's
+    (what it plays while the player rests; its harmonize answers are not on a grid)."""
     p = presets.load(str(preset))
     t = p.timing
-    grid = model_grid(p.model)
+    solo = {tr.channel - 1 for tr in p.solo_tracks}
+    grid = model_grid(p.solo_model or p.model)
     daemon, keyboard, listener = _session(preset, "--provider", provider)
     try:
         for c in range(cycles):
@@ -280,7 +310,11 @@ def measure_continue_timing(preset: Path, cycles: int, provider: str = "auto") -
             unit = t.beats_per_bar if t.start_on == "bar" else 1
             start = (math.floor((last_off + t.silence_beats) / unit) + 1) * unit
             sleep_until(daemon.time_at(start + t.bars * t.beats_per_bar) + 300 * MS)
-        stamps = [s for s, m in listener.heard if len(m) == 3 and m[0] & 0xE0 == 0x80]
+        stamps = [
+            s
+            for s, m in listener.heard
+            if len(m) == 3 and m[0] & 0xE0 == 0x80 and (not solo or m[0] & 0x0F in solo)
+        ]
     finally:
         stopped = _finish(daemon, keyboard, listener)
     errors = grid_errors(stamps, daemon.beat_at, daemon.time_at, grid)
@@ -313,6 +347,7 @@ def measure_session(
         preset, "--bpm", bpm, "--record", record, "--provider", provider
     )
     try:
+        playing = CpuShare(daemon)
         b0 = math.floor(daemon.beat_at(time.perf_counter_ns() + 500 * MS)) + 1
         n = int(seconds * bpm / 60 * 2)
         for i, pitch in enumerate(melody(n, seed=2)):
@@ -321,6 +356,7 @@ def measure_session(
             sleep_until(daemon.time_at(b0 + i / 2 + 0.45))
             keyboard.send((0x80, pitch, 0))
         end = time.perf_counter_ns()
+        busy = playing.share()
         rss = daemon.peak_rss_mb()
         stamps = [
             s
@@ -342,6 +378,7 @@ def measure_session(
         "error_ms": summary_ms(errors),
         "dispatch_ms": _dispatch(stopped),
         "peak_rss_mb": rss,
+        "cpu": {"playing": busy},
     }
 
 

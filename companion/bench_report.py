@@ -21,6 +21,7 @@ KEYS = {
     "floor": "floor",
     "harmonize": "harmonize",
     "timing": "timing_continue",
+    "jam": "timing_jam",
     "session": "session",
     "startup": "startup",
     "engine": "engine",
@@ -181,7 +182,11 @@ def targets(r: dict) -> list[dict]:
             "ms",
             note=r["skipped"].get("harmonize", "no lead note was answered"),
         )
-    for key, label in (("timing_continue", "continue"), ("session", "accompany")):
+    for key, label in (
+        ("timing_continue", "continue"),
+        ("session", "accompany"),
+        ("timing_jam", "jam's solo"),
+    ):
         s = r.get(key, {}).get("error_ms", {})
         add(f"scheduled-output timing p99 ({label})", "< 1.5 ms", s.get("p99"), 1.5, "ms")
     s = r.get("session")
@@ -336,14 +341,29 @@ def _details(r: dict) -> list[str]:
         measured.append(
             (f"accompany ({s['preset']}, harmonize off): \\|arrival - grid\\|", s["error_ms"])
         )
+    if t := r.get("timing_jam"):
+        measured.append(
+            (f"jam: the solo's \\|arrival - grid\\|, {t['cycles']} solos", t["error_ms"])
+        )
     out += [f"| {what} | {_row(summary)} |" for what, summary in measured]
-    for key, label in (("timing_continue", "continue"), ("session", "accompany")):
+    for key, label in (
+        ("timing_continue", "continue"),
+        ("session", "accompany"),
+        ("timing_jam", "jam"),
+    ):
         if r.get(key):
             d = r[key]["dispatch_ms"]
             out.append(
                 f"| {label}: the daemon's own \\|send - due\\| (before JACK; last 4096) | "
                 f"{d['p50']:.2f} | {d['p99']:.2f} | {d['max']:.2f} | - |"
             )
+    cpu = [
+        (f"{label}: the daemon's CPU {when} (its sending process included), % of one core", c)
+        for key, label in (("harmonize", "harmonize"), ("session", "accompany"))
+        for when, c in (r.get(key, {}).get("cpu") or {}).items()
+        if c is not None
+    ]
+    out += [f"| {what} | {100 * c:.1f} | - | - | - |" for what, c in cpu]
     if r.get("harmonize") and r["harmonize"].get("inference_ms"):
         i = r["harmonize"]["inference_ms"]
         out.append(

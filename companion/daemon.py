@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 
-from midi_companion import jack_watch, ports, presets
+from midi_companion import jack_watch, ports, presets, send_process
 from midi_companion.engine import check_provider
 from midi_companion.errors import CompanionError, MidiFileError, MidiPortError
 from midi_companion.latency_meter import LatencyMeter
@@ -38,6 +38,7 @@ from midi_companion.outfiles import check_output
 from midi_companion.performer import Performer, make_clock
 from midi_companion.recorder import FLUSH_EVERY_S, Recorder
 from midi_companion.scheduler import Scheduler, configure_realtime, freeze_heap
+from midi_companion.send_process import SEND_AHEAD_NS
 
 TICK_S = 0.002  # how often the performer generates ahead (it does nothing when idle)
 STATUS_EVERY_S = 0.5
@@ -118,17 +119,26 @@ class Daemon:
         jack_watch.PeerLink for each port connected by name, kept connected."""
         self.inp, self.out, self.watch = inp, out, watch
         self.links = list(links)
+        if out.timed:
+            self.scheduler.send_ahead(SEND_AHEAD_NS)
         if thread:
             self.scheduler.start()
         self._announce(self.preset, self.performer)
 
     # ---- output ------------------------------------------------------------------------
-    def _send(self, msg) -> None:
-        self.out.send(msg)
+    def _send(self, msg, due_ns: int | None = None) -> None:
+        """The scheduler's output: now, or at `due_ns` by an output that sends on time
+        itself (send_process.ProcessOutput, handed each message a little ahead)."""
+        now = self.now_ns()
+        if due_ns is None:
+            self.out.send(msg)
+        else:
+            self.out.send_at(due_ns, msg)
+            now = max(now, due_ns)
         if msg[0] & 0xF0 == 0x90 and msg[2] > 0:
-            self.meter.sent(self.now_ns())
+            self.meter.sent(now)
         if self.recorder is not None:
-            self.recorder.companion(self.clock.beat_at(self.now_ns()), msg)
+            self.recorder.companion(self.clock.beat_at(now), msg)
 
     def _perform(self, preset) -> Performer:
         performer = Performer(
@@ -302,13 +312,13 @@ class Daemon:
 
     def _check_sends(self) -> None:
         """Tell when sends start failing (a dead output), and when they work again."""
-        failing = self.scheduler.failing
+        failing = self.scheduler.failing or self.out.failing
         if failing == self._sends_failing:
             return
         self._sends_failing = failing
-        errors = self.scheduler.stats.send_errors
+        errors = self._sending()["send_errors"]
         if failing:
-            err = self.scheduler.last_error
+            err = self.scheduler.last_error or self.out.last_error
             what = _one_line(err) if err is not None else "unknown error"
             self.event("send_failing", port=self.out.name, error=what, send_errors=errors)
             self.say(
@@ -349,9 +359,7 @@ class Daemon:
                 port.close()
         if self.watch is not None:
             self.watch.close()
-        self.event(
-            "stopped", **self.scheduler.summary(), errors=self.errors, in_dropped=self.in_dropped
-        )
+        self.event("stopped", **self._sending(), errors=self.errors, in_dropped=self.in_dropped)
         if self._status_drawn and not self.log_json:
             print(file=self.status_stream)
             self._status_drawn = False
@@ -359,9 +367,20 @@ class Daemon:
             raise failed
 
     # ---- reporting ---------------------------------------------------------------------
+    def _sending(self) -> dict:
+        """The scheduler's counters; where the output sends on time itself, its own send
+        errors added and its |send - due| instead of the hand-over's."""
+        stats = self.scheduler.summary()
+        report = getattr(self.out, "report", None) or {}
+        stats["send_errors"] += report.get("send_errors", 0)
+        for k in ("lateness_p50_ms", "lateness_p99_ms", "lateness_max_ms"):
+            if k in report:
+                stats[k] = report[k]
+        return stats
+
     def status(self) -> None:
         p50, p99 = self.performer.inference_ms()
-        stats = self.scheduler.summary()
+        stats = self._sending()
         fields = {
             "in": self.inp.name,
             "out": self.out.name,
@@ -452,31 +471,43 @@ def main(args) -> int:
     check_provider(args.provider)  # --provider cuda without CUDA: before any model loads
     backend, why = ports.choose_backend(args.backend)
     configure_realtime()
-    # The models are loaded and checked against the preset before any port opens: a preset
-    # whose model does not fit ends here, leaving no port and no thread behind.
-    daemon = Daemon(
-        preset,
-        clock_kind=args.clock,
-        bpm=args.bpm,
-        seed=args.seed,
-        record=args.record,
-        quiet=args.quiet,
-        log_json=args.log_json,
-        stopping=stopping,
-        provider=args.provider,
-        debug=getattr(args, "debug", False),
-    )
+    debug = getattr(args, "debug", False)
+    # The sending process starts up while the models load; its port opens after them.
+    out = send_process.ProcessOutput(args.out, backend, debug) if send_process.USED else None
+    try:
+        # The models are loaded and checked against the preset before any port opens: a
+        # preset whose model does not fit ends here, leaving no port and no thread behind.
+        daemon = Daemon(
+            preset,
+            clock_kind=args.clock,
+            bpm=args.bpm,
+            seed=args.seed,
+            record=args.record,
+            quiet=args.quiet,
+            log_json=args.log_json,
+            stopping=stopping,
+            provider=args.provider,
+            debug=debug,
+        )
+    except BaseException:
+        if out is not None:
+            out.close()
+        raise
     if stopping.is_set():  # asked to stop while the models loaded: no port opens
+        if out is not None:
+            out.close()
         daemon.close()
         return 0
     try:
         inp = ports.open_input(args.inp, backend=backend)
         try:
-            out = ports.open_output(args.out, backend=backend)
+            out = out.open() if out is not None else ports.open_output(args.out, backend)
         except BaseException:
             inp.close()
             raise
     except BaseException:
+        if out is not None:
+            out.close()
         daemon.close()
         raise
     system = ports.system_name(backend)

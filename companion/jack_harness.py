@@ -392,6 +392,20 @@ class DaemonProcess:
         finally:
             self._reader.join(timeout=5)
 
+    def cpu_s(self) -> float | None:
+        """CPU seconds (user + system) the daemon and its child processes (the sending
+        process) have used so far (Linux), None where /proc cannot tell."""
+        pids, total = [self.proc.pid], 0.0
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+            pids += [int(p) for p in children.split()]
+            for pid in pids:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+        return total
+
     def peak_rss_mb(self) -> float | None:
         """VmHWM of the running daemon (Linux), in MB."""
         try:

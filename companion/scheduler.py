@@ -183,6 +183,13 @@ class Scheduler:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self.send_ahead_ns = 0
+
+    def send_ahead(self, ns: int) -> None:
+        """Hand each message to the output `ns` before it is due, as `send(msg, due_ns)`: the
+        output sends it at due_ns itself (companion/send_process.py). Call before start()."""
+        self.send_ahead_ns = ns
+        self.spin_ns = 0  # the output spins, not this thread
 
     # ---- producer side ------------------------------------------------------------------
 
@@ -208,7 +215,7 @@ class Scheduler:
                 if entry[0] < now - self.tolerance_ns and note_kind(entry[3]) == "on":
                     self.stats.late_on_arrival += 1  # generated too late: dropped below
             if self._thread is not None and entries:
-                if min(e[0] for e in entries) <= now:
+                if min(e[0] for e in entries) <= now + self.send_ahead_ns:
                     self.run_pending(now)
         self._wake.set()
 
@@ -313,8 +320,9 @@ class Scheduler:
         """Dispatch every message due at or before `now_ns` (late policy applied, lateness
         measured against `now_ns`); return how many messages were sent."""
         sent = 0
+        ahead = self.send_ahead_ns
         with self._lock:
-            while self._heap and self._heap[0][0] <= now_ns:
+            while self._heap and self._heap[0][0] <= now_ns + ahead:
                 due, _, _, msg = heapq.heappop(self._heap)
                 lateness = now_ns - due
                 if note_kind(msg) == "on" and lateness > self.tolerance_ns:
@@ -325,16 +333,20 @@ class Scheduler:
                     self.stats.offs_skipped += 1
                     continue
                 for m in out:
-                    sent += self._emit(m)
-                self.stats.lateness_ns.append(abs(lateness))
+                    sent += self._emit(m, due)
+                # handed ahead: how late the hand-over was (the output measures the send)
+                self.stats.lateness_ns.append(max(lateness, 0) if ahead else abs(lateness))
         return sent
 
-    def _emit(self, msg: Message) -> int:
+    def _emit(self, msg: Message, due: int | None = None) -> int:
         """Send one message; a failing output is counted and kept in `last_error` (and
         `failing` says whether the latest send failed), not raised, so the thread keeps
         releasing notes on the outputs that still work; the daemon shows it."""
         try:
-            self._send(msg)
+            if self.send_ahead_ns and due is not None:
+                self._send(msg, due)
+            else:
+                self._send(msg)
         except Exception as err:  # the output's error, whatever it is
             self.stats.send_errors += 1
             self.last_error = err
@@ -391,6 +403,7 @@ class Scheduler:
             if due is None:
                 self._wake.wait(IDLE_WAIT_S)
                 continue
+            due -= self.send_ahead_ns  # when it is handed to the output
             sleep_ns = due - self._now() - self.spin_ns
             if sleep_ns > 0:
                 self._wake.wait(sleep_ns / 1e9)  # woken early by an earlier arrival or stop
