@@ -175,13 +175,17 @@ def slope_per_hour(samples: list[tuple[float, float]]) -> float:
 
 
 def rss_mb(pid: int) -> float | None:
+    """VmRSS of the daemon and its child processes (the sending process), in MB."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        total = 0.0
+        for p in [pid, *map(int, children)]:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
     except OSError:
         return None
-    return None
+    return total
 
 
 def grid_offsets(listener, takes, beat_ns: float, channel: int) -> list[tuple[int, float]]:
@@ -344,6 +348,7 @@ def soak(minutes: float, bpm: float, burn_s: float = 0.0) -> dict:
             "rss_first_mb": round(rss[0][1], 1) if rss else None,
             "rss_last_mb": round(rss[-1][1], 1) if rss else None,
             "rss_slope_mb_per_hour": round(slope_per_hour(warm), 2),
+            "rss_every_10s_mb": [round(mb, 1) for _, mb in rss],
             "late_dropped": status.get("late_dropped"),
             "late_dropped_outside_burn": late_outside,
             # of those: generated after their due time had passed (not sent late)

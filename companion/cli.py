@@ -396,7 +396,16 @@ def _bench_args(p):
     p.add_argument(
         "--only",
         nargs="+",
-        choices=["floor", "harmonize", "timing", "session", "startup", "engine", "speculation"],
+        choices=[
+            "floor",
+            "harmonize",
+            "timing",
+            "jam",
+            "session",
+            "startup",
+            "engine",
+            "speculation",
+        ],
         help="run only these measurements, merged into the report there (the "
         "others kept); engine and speculation alone start no JACK server",
     )

@@ -473,7 +473,7 @@ def main(args) -> int:
     configure_realtime()
     debug = getattr(args, "debug", False)
     # The sending process starts up while the models load; its port opens after them.
-    out = send_process.ProcessOutput(args.out, backend, debug) if send_process.USED else None
+    out = send_process.ProcessOutput(args.out, backend, debug) if send_process.wanted() else None
     try:
         # The models are loaded and checked against the preset before any port opens: a
         # preset whose model does not fit ends here, leaving no port and no thread behind.
@@ -511,7 +511,8 @@ def main(args) -> int:
         daemon.close()
         raise
     system = ports.system_name(backend)
-    daemon.event("backend", backend=backend, system=system, why=why)
+    sender = "a process of its own" if isinstance(out, send_process.ProcessOutput) else "itself"
+    daemon.event("backend", backend=backend, system=system, why=why, sends=sender)
     if not args.quiet and not args.log_json:
         print(
             f"midi-companion: listening on {inp.name!r}, playing on {out.name!r} through "

@@ -40,8 +40,6 @@ from collections import deque
 from midi_companion.errors import MidiPortError
 from midi_companion.ports import OutputPort
 
-# POSIX: select() on pipes (Windows has it for sockets only: there the daemon sends itself)
-USED = os.name == "posix" and os.environ.get("MIDI_COMPANION_SEND") != "inprocess"
 RECORD = struct.Struct("<qB3s")  # due_ns, length, data
 OPEN = b"o"  # the first byte on the pipe: open the port now
 QUIT = RECORD.pack(-1, 0, b"")  # the last record: the daemon closes the port
@@ -298,6 +296,35 @@ def serve(sender: _Sender, fd: int) -> bool:
     return quit_
 
 
+REALTIME_PRIORITY = 10  # SCHED_FIFO, low: below JACK's own threads (60-95 where it is RT)
+
+
+def realtime() -> bool:
+    """Wake on time however busy the daemon keeps the CPUs: SCHED_FIFO for the calling
+    thread, where the system grants it (Linux with rtprio, as JACK users have). Safe in the
+    sending process as it was not in the daemon: its one Python thread shares its GIL with
+    nobody, and it sleeps but for the last 0.25 ms before a due time."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+def wanted() -> bool:
+    """Whether the daemon should send through a sending process: on POSIX (select() on
+    pipes) where real-time scheduling is granted. Without it the hop to another process
+    costs more than it saves (harmonize p50 +0.5 ms in docs/BENCHMARKS.md): the daemon
+    sends itself. Asked of a throwaway thread, so this process's own scheduling is untouched."""
+    if os.name != "posix":
+        return False
+    granted: list[bool] = []
+    probe = threading.Thread(target=lambda: granted.append(realtime()), name="rt-probe")
+    probe.start()
+    probe.join()
+    return granted == [True]
+
+
 def main(argv: list[str] | None = None) -> int:
     from midi_companion import ports
 
@@ -308,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     backend, name = args[0], (args[1] if len(args) > 1 else None)
     if os.read(0, 1) != OPEN:  # the daemon stopped before its ports were to open
         return 0
+    realtime()
     try:
         port = ports.open_output(name, backend=backend)
     except MidiPortError as err:

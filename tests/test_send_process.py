@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from midi_companion import send_process
 from midi_companion.send_process import RECORD, ProcessOutput, _Sender, serve
 
 MS = 1_000_000
@@ -66,6 +67,17 @@ def test_when_the_pipe_closes_what_is_due_is_sent_and_every_sounding_note_releas
     serve(_Sender(port), r)
     os.close(r)
     assert port.sent == [(0x92, 67, 80), (0xB2, 7, 100), (0x82, 67, 0)]
+
+
+def test_a_sending_process_is_used_only_where_real_time_scheduling_is_granted(monkeypatch):
+    """Without SCHED_FIFO the hop to another process costs the harmonize answer ~0.5 ms
+    (docs/BENCHMARKS.md): the daemon then sends itself."""
+
+    def refused(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refused, raising=False)
+    assert send_process.wanted() is False
 
 
 @pytest.mark.e2e
