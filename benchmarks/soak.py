@@ -14,8 +14,9 @@ Measured:
   solo's note-ons (on the grid; the voices answer each lead note at once) against the DAW's
   16th grid: median offset in the first and the last fifth of the run, and their difference
   (drift, ms), and the 99th percentile of |offset|;
-- RSS: the daemon's resident memory every 10 s; slope of a least-squares line after the first
-  minute (MB/hour), first and last value;
+- RSS: the daemon's resident memory (with its sending process's own) every 10 s; slope of a
+  least-squares line after the first 5 minutes (WARM_S) and after the first minute
+  (MB/hour), first and last value, the series;
 - late drops (notes dropped rather than played late), sends failed, errors, input dropped:
   from the daemon's last status;
 - ledger balance: notes heard that never ended (0 = balanced), on Stop and at the end;
@@ -56,6 +57,10 @@ from midi_companion.jack_harness import (
 )
 
 MS = 1_000_000
+# The RSS slope is measured from here on: in the first minutes the allocator's arenas grow to
+# their working size (30 minutes, 2026-12-04: +3 MB in the first 10 minutes, flat after, so
+# the slope from 1 minute on read 6.3 MB/hour and from 5 minutes on 4.6); a leak grows on.
+WARM_S = 300
 PPQN = 24
 PHRASE = [72, 71, 69, 67, 69, 71, 72, 74, 76, 74, 72, 71, 69, 67, 65, 64]  # a bar of 16ths
 CYCLE_BARS = 16  # Start, 4 x (2 bars played, 2 bars rest), Stop
@@ -175,17 +180,23 @@ def slope_per_hour(samples: list[tuple[float, float]]) -> float:
 
 
 def rss_mb(pid: int) -> float | None:
-    """VmRSS of the daemon and its child processes (the sending process), in MB."""
+    """VmRSS of the daemon, plus its child processes' (the sending process) less the JACK
+    shared memory every client maps (counted once, in the daemon's), in MB."""
+
+    def kb(p: int, field: str) -> int:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        return 0
+
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        total = 0.0
-        for p in [pid, *map(int, children)]:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-    except OSError:
+        total = kb(pid, "VmRSS")
+        for child in map(int, children):
+            total += kb(child, "VmRSS") - kb(child, "RssShmem")
+    except (OSError, ValueError):
         return None
-    return total
+    return total / 1024
 
 
 def grid_offsets(listener, takes, beat_ns: float, channel: int) -> list[tuple[int, float]]:
@@ -314,7 +325,8 @@ def soak(minutes: float, bpm: float, burn_s: float = 0.0) -> dict:
         jack_elapsed = listener.jack_s[-1] - listener.jack_s[0] if len(heard) > 1 else 0.0
         perf_elapsed = (heard[-1][0] - heard[0][0]) / 1e9 if len(heard) > 1 else 0.0
         after = [m for t, m in heard if t > sig + 50 * MS and is_note_on(m)]
-        warm = [s for s in rss if s[0] >= 60] or rss
+        warm = [s for s in rss if s[0] >= WARM_S] or rss
+        after_first_minute = [s for s in rss if s[0] >= 60] or rss
         saturated = {}
         if len(window) == 2:
             a, b = window
@@ -348,6 +360,9 @@ def soak(minutes: float, bpm: float, burn_s: float = 0.0) -> dict:
             "rss_first_mb": round(rss[0][1], 1) if rss else None,
             "rss_last_mb": round(rss[-1][1], 1) if rss else None,
             "rss_slope_mb_per_hour": round(slope_per_hour(warm), 2),
+            "rss_slope_after_first_minute_mb_per_hour": round(
+                slope_per_hour(after_first_minute), 2
+            ),
             "rss_every_10s_mb": [round(mb, 1) for _, mb in rss],
             "late_dropped": status.get("late_dropped"),
             "late_dropped_outside_burn": late_outside,

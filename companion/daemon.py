@@ -37,11 +37,12 @@ from midi_companion.latency_meter import LatencyMeter
 from midi_companion.outfiles import check_output
 from midi_companion.performer import Performer, make_clock
 from midi_companion.recorder import FLUSH_EVERY_S, Recorder
-from midi_companion.scheduler import Scheduler, configure_realtime, freeze_heap
+from midi_companion.scheduler import Scheduler, configure_realtime, freeze_heap, trim_heap
 from midi_companion.send_process import SEND_AHEAD_NS
 
 TICK_S = 0.002  # how often the performer generates ahead (it does nothing when idle)
 STATUS_EVERY_S = 0.5
+TRIM_EVERY_S = 10.0  # what the allocator holds free goes back to the system this often
 MAX_TOLD_ERRORS = 100  # distinct errors told once each; beyond, only counted
 MAX_DRAIN = 256  # messages handled per turn of the loop at most: a flood cannot starve tick()
 
@@ -194,7 +195,7 @@ class Daemon:
 
     # ---- loop --------------------------------------------------------------------------
     def run(self) -> int:
-        last_flush = last_status = time.monotonic()
+        last_flush = last_status = last_trim = time.monotonic()
         try:
             while not self.stopping.is_set():
                 self.step(TICK_S)
@@ -203,6 +204,9 @@ class Daemon:
                 if self.recorder is not None and mono - last_flush >= FLUSH_EVERY_S:
                     self.recorder.flush_in_background()
                     last_flush = mono
+                if mono - last_trim >= TRIM_EVERY_S:
+                    trim_heap()
+                    last_trim = mono
                 if mono - last_status >= STATUS_EVERY_S:
                     self._check_input()
                     self._check_links()

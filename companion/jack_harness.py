@@ -407,15 +407,17 @@ class DaemonProcess:
         return total
 
     def peak_rss_mb(self) -> float | None:
-        """VmHWM of the running daemon (Linux), in MB."""
+        """VmHWM of the running daemon, plus what its child processes (the sending process)
+        hold of their own now (VmRSS less RssShmem: JACK's shared memory, ~100 MB, is
+        counted in every client's RSS, and once here is enough), in MB (Linux)."""
+        pid = self.proc.pid
         try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        except OSError:
+            total = _status_kb(pid, "VmHWM")
+            for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+                total += _status_kb(int(child), "VmRSS") - _status_kb(int(child), "RssShmem")
+        except (OSError, ValueError):
             return None
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return None
+        return total / 1024
 
     def __enter__(self) -> DaemonProcess:
         return self
@@ -426,6 +428,15 @@ class DaemonProcess:
             self.proc.wait()
         self.proc.stdout.close()
         self.stderr.close()
+
+
+def _status_kb(pid: int, field: str) -> int:
+    """A `kB` field of /proc/PID/status (OSError when the process or the field is not
+    there)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/{pid}/status")
 
 
 def model_grid(path: str | os.PathLike) -> float:

@@ -167,7 +167,7 @@ class _Sender:
 
     def __init__(self, port):
         self.port = port
-        self.heap: list[tuple[int, int, bytes]] = []
+        self.heap: list[tuple[int, int, bytes, bool]] = []  # (due, seq, data, timed)
         self.seq = 0
         self.last_due: dict[tuple[int, int], int] = {}  # key -> due of its last record
         self.pending_on: dict[tuple[int, int], dict[int, int]] = {}  # key -> {seq: due}
@@ -188,21 +188,25 @@ class _Sender:
                 for seq in [q for q, on_due in waiting.items() if on_due >= due]:
                     self.cancelled.add(seq)
                     del waiting[seq]
+        asked = due
+        if key is not None:
             due = max(due, self.last_due.get(key, due))  # never before an earlier record
             self.last_due[key] = due
-        heapq.heappush(self.heap, (due, self.seq, data))
+        # its lateness is measured when it was due at a time of its own (not "now", and not
+        # held back behind an earlier record of its key)
+        heapq.heappush(self.heap, (due, self.seq, data, asked != 0 and asked == due))
         self.seq += 1
 
     def send_due(self, now: int) -> None:
         while self.heap and self.heap[0][0] <= now:
-            due, seq, data = heapq.heappop(self.heap)
+            due, seq, data, timed = heapq.heappop(self.heap)
             if seq in self.cancelled:
                 self.cancelled.discard(seq)
                 continue
             if _is_on(data):
                 self.pending_on.get(_key(data), {}).pop(seq, None)
             self.send(data)
-            if due:
+            if timed:
                 self.lateness.append(abs(time.perf_counter_ns() - due))
 
     def send(self, data: bytes) -> None:
