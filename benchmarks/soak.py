@@ -51,9 +51,11 @@ from midi_companion.jack_harness import (
     JackServer,
     Keyboard,
     Listener,
+    child_pids,
     is_note_on,
     pair_notes,
     sleep_until,
+    status_kb,
 )
 
 MS = 1_000_000
@@ -182,18 +184,10 @@ def slope_per_hour(samples: list[tuple[float, float]]) -> float:
 def rss_mb(pid: int) -> float | None:
     """VmRSS of the daemon, plus its child processes' (the sending process) less the JACK
     shared memory every client maps (counted once, in the daemon's), in MB."""
-
-    def kb(p: int, field: str) -> int:
-        for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        return 0
-
     try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        total = kb(pid, "VmRSS")
-        for child in map(int, children):
-            total += kb(child, "VmRSS") - kb(child, "RssShmem")
+        total = status_kb(pid, "VmRSS")
+        for child in child_pids(pid):
+            total += status_kb(child, "VmRSS") - status_kb(child, "RssShmem")
     except (OSError, ValueError):
         return None
     return total / 1024

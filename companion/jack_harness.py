@@ -397,8 +397,7 @@ class DaemonProcess:
         process) have used so far (Linux), None where /proc cannot tell."""
         pids, total = [self.proc.pid], 0.0
         try:
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-            pids += [int(p) for p in children.split()]
+            pids += child_pids(self.proc.pid)
             for pid in pids:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -412,9 +411,9 @@ class DaemonProcess:
         counted in every client's RSS, and once here is enough), in MB (Linux)."""
         pid = self.proc.pid
         try:
-            total = _status_kb(pid, "VmHWM")
-            for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-                total += _status_kb(int(child), "VmRSS") - _status_kb(int(child), "RssShmem")
+            total = status_kb(pid, "VmHWM")
+            for child in child_pids(pid):
+                total += status_kb(child, "VmRSS") - status_kb(child, "RssShmem")
         except (OSError, ValueError):
             return None
         return total / 1024
@@ -430,7 +429,13 @@ class DaemonProcess:
         self.stderr.close()
 
 
-def _status_kb(pid: int, field: str) -> int:
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started (its sending process), from /proc (Linux; OSError
+    elsewhere)."""
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def status_kb(pid: int, field: str) -> int:
     """A `kB` field of /proc/PID/status (OSError when the process or the field is not
     there)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -38,7 +38,9 @@ import time
 from collections import deque
 
 from midi_companion.errors import MidiPortError
+from midi_companion.ledger import note_kind
 from midi_companion.ports import OutputPort
+from midi_companion.stats import percentiles
 
 RECORD = struct.Struct("<qB3s")  # due_ns, length, data
 OPEN = b"o"  # the first byte on the pipe: open the port now
@@ -235,28 +237,24 @@ class _Sender:
             self.send(bytes((0x80 | ch, pitch, 0)))
 
     def summary(self) -> dict:
-        late = sorted(self.lateness)
-
-        def q(p: float) -> float:
-            return late[min(len(late) - 1, int(p / 100 * len(late)))] / 1e6 if late else 0.0
-
+        p50, p99 = percentiles(self.lateness, 50, 99)
         return {
             "sent": self.sent,
             "send_errors": self.errors,
             "failing": self.failing,
-            "lateness_p50_ms": q(50),
-            "lateness_p99_ms": q(99),
-            "lateness_max_ms": late[-1] / 1e6 if late else 0.0,
+            "lateness_p50_ms": p50 / 1e6,
+            "lateness_p99_ms": p99 / 1e6,
+            "lateness_max_ms": max(self.lateness, default=0) / 1e6,
         }
 
 
 def _key(data: bytes) -> tuple[int, int] | None:
     """(channel, note) of a note message, None for anything else."""
-    return (data[0] & 0x0F, data[1]) if 0x80 <= data[0] < 0xA0 and len(data) == 3 else None
+    return (data[0] & 0x0F, data[1]) if note_kind(data) else None
 
 
 def _is_on(data: bytes) -> bool:
-    return data[0] & 0xF0 == 0x90 and len(data) == 3 and data[2] > 0
+    return note_kind(data) == "on"
 
 
 def _tell(**report) -> None:
