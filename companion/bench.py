@@ -24,6 +24,7 @@ from midi_companion import bench_report as report
 from midi_companion import presets
 from midi_companion.engine import check_provider
 from midi_companion.jack_harness import JackServer, preset_copy
+from midi_companion.port_process import wanted as realtime_granted
 
 
 def run(args, sections: set[str]) -> dict:
@@ -56,9 +57,11 @@ def run(args, sections: set[str]) -> dict:
             "period_ms": args.period / args.rate * 1000,
             "mode": "asynchronous" if args.jack_async else "synchronous (-S)",
         }
+        realtime = not getattr(args, "jack_no_realtime", False) and realtime_granted()
+        r["jack"]["realtime"] = JackServer.realtime_flags(realtime)
         tmp = Path(tempfile.mkdtemp(prefix="companion-bench-"))
         try:
-            with JackServer(args.period, args.rate, sync=not args.jack_async):
+            with JackServer(args.period, args.rate, sync=not args.jack_async, realtime=realtime):
                 _through_jack(r, sections, args, zoo, playable, provider, tmp, skip)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

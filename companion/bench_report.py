@@ -290,8 +290,10 @@ def _machine(m: dict) -> str:
 
 
 def _jack(j: dict) -> str:
+    # reports from before the real-time choice ran --no-realtime
+    rt = j.get("realtime") or "--no-realtime"
     return (
-        f"a private `jackd{' -S' if j['mode'].startswith('sync') else ''} --no-realtime "
+        f"a private `jackd {rt}{' -S' if j['mode'].startswith('sync') else ''} "
         f"-d {j['driver']}` server ({j['mode']}), period {j['period']} frames at "
         f"{j['rate']} Hz ({j['period_ms']:.2f} ms per period)"
     )

@@ -390,6 +390,12 @@ def _bench_args(p):
         "client then loses that cycle's MIDI)",
     )
     p.add_argument(
+        "--jack-no-realtime",
+        action="store_true",
+        help="run jackd with --no-realtime even where real-time scheduling is granted (by "
+        "default it runs real-time there, as JACK does for its users)",
+    )
+    p.add_argument(
         "--session-s", type=float, help="length of the continuous-play session in seconds"
     )
     p.add_argument("--zoo", metavar="DIR", help="where the models are (default: models/zoo)")

@@ -30,15 +30,16 @@ import threading
 import time
 import traceback
 
-from midi_companion import jack_watch, ports, presets, send_process
+from midi_companion import jack_watch, port_process, ports, presets
+from midi_companion.armed import Armed
 from midi_companion.engine import check_provider
 from midi_companion.errors import CompanionError, MidiFileError, MidiPortError
 from midi_companion.latency_meter import LatencyMeter
 from midi_companion.outfiles import check_output
 from midi_companion.performer import Performer, make_clock
+from midi_companion.port_process import SEND_AHEAD_NS
 from midi_companion.recorder import FLUSH_EVERY_S, Recorder
 from midi_companion.scheduler import Scheduler, configure_realtime, freeze_heap, trim_heap
-from midi_companion.send_process import SEND_AHEAD_NS
 
 TICK_S = 0.002  # how often the performer generates ahead (it does nothing when idle)
 STATUS_EVERY_S = 0.5
@@ -93,6 +94,8 @@ class Daemon:
         self._notes_dropped_before = 0  # note-ons dropped by presets switched away from
         self._flooding = False  # input was being dropped at the last status
         self._dropped_seen = 0
+        self._handled = 0  # the number of the last input message handled (a port process's)
+        self._arming: tuple | None = None  # what was last armed in the port process
         self.clock = make_clock(clock_kind, self.bpm, preset.timing.beats_per_bar, now_ns)
         if clock_kind == "internal":
             self.clock.start()
@@ -129,7 +132,7 @@ class Daemon:
     # ---- output ------------------------------------------------------------------------
     def _send(self, msg, due_ns: int | None = None) -> None:
         """The scheduler's output: now, or at `due_ns` by an output that sends on time
-        itself (send_process.ProcessOutput, handed each message a little ahead)."""
+        itself (port_process.ProcessOutput, handed each message a little ahead)."""
         now = self.now_ns()
         if due_ns is None:
             self.out.send(msg)
@@ -199,6 +202,7 @@ class Daemon:
         try:
             while not self.stopping.is_set():
                 self.step(TICK_S)
+                self._arm()
                 self._check_sends()
                 mono = time.monotonic()
                 if self.recorder is not None and mono - last_flush >= FLUSH_EVERY_S:
@@ -235,12 +239,22 @@ class Daemon:
         except queue.Empty:
             return
         for n in range(1, MAX_DRAIN + 1):
-            t_ns, msg = item
+            t_ns, msg = item[:2]
+            # from a port process: the message's number, and when it answered the note
+            answered = item[3] if len(item) > 3 else None
             if self.recorder is not None:
                 self.recorder.player(self.clock.beat_at(t_ns), msg)
             if self.preset.harmonize and len(msg) == 3 and msg[0] & 0xF0 == 0x90 and msg[2]:
                 self.meter.asked(t_ns)  # a lead note harmonize answers at once (while handled)
-            asked = self.performer.handle(t_ns, msg)
+                if answered is not None:
+                    self.meter.sent(answered)
+            try:
+                asked = self.performer.handle(t_ns, msg)
+            finally:
+                if len(item) > 2:
+                    self._handled = item[2]
+                    if answered is not None:  # what it sent early and we did not, it ends
+                        self.out.handled(item[2])
             if asked is not None:  # Program Change: what follows goes to the new preset
                 self.switch(asked.index)
             if n == MAX_DRAIN:  # the rest waits for the next turn, after tick()
@@ -249,6 +263,22 @@ class Daemon:
                 item = self.inp.queue.get_nowait()
             except queue.Empty:
                 return
+
+    def _arm(self) -> None:
+        """Hand harmonize's answers for the next lead note to the port process, when they
+        changed (companion/armed.py); nothing where the daemon owns its input itself."""
+        if not isinstance(self.inp, port_process.ProcessInput):
+            return
+        try:
+            got = self.performer.armed(self.now_ns())
+        except Exception as err:  # an answer not armed is an answer computed: played on
+            self._hiccup(err)
+            got = None
+        ident = None if got is None else (self._handled, got[0], id(got[3]))
+        if ident == self._arming:
+            return
+        self._arming = ident
+        self.out.arm(None if got is None else Armed(self._handled, *got))
 
     def _check_system(self) -> None:
         if self.watch is not None and self.watch.gone.is_set():
@@ -477,7 +507,11 @@ def main(args) -> int:
     configure_realtime()
     debug = getattr(args, "debug", False)
     # The sending process starts up while the models load; its port opens after them.
-    out = send_process.ProcessOutput(args.out, backend, debug) if send_process.wanted() else None
+    out = (
+        port_process.ProcessOutput(args.out, backend, debug, with_input=True, input_name=args.inp)
+        if port_process.wanted()
+        else None
+    )
     try:
         # The models are loaded and checked against the preset before any port opens: a
         # preset whose model does not fit ends here, leaving no port and no thread behind.
@@ -503,20 +537,24 @@ def main(args) -> int:
         daemon.close()
         return 0
     try:
-        inp = ports.open_input(args.inp, backend=backend)
-        try:
-            out = out.open() if out is not None else ports.open_output(args.out, backend)
-        except BaseException:
-            inp.close()
-            raise
+        if out is not None:  # the port process opens both
+            inp = out.open().input
+        else:
+            inp = ports.open_input(args.inp, backend=backend)
+            try:
+                out = ports.open_output(args.out, backend)
+            except BaseException:
+                inp.close()
+                raise
     except BaseException:
         if out is not None:
             out.close()
         daemon.close()
         raise
     system = ports.system_name(backend)
-    sender = "a process of its own" if isinstance(out, send_process.ProcessOutput) else "itself"
-    daemon.event("backend", backend=backend, system=system, why=why, sends=sender)
+    own = isinstance(out, port_process.ProcessOutput)
+    ports_in = "a process of their own" if own else "the daemon"
+    daemon.event("backend", backend=backend, system=system, why=why, ports=ports_in)
     if not args.quiet and not args.log_json:
         print(
             f"midi-companion: listening on {inp.name!r}, playing on {out.name!r} through "

@@ -50,7 +50,9 @@ JACK_ENV = ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")  # what JackServer se
 
 class JackServer:
     """`jackd [-S] --no-realtime -d dummy -r RATE -p PERIOD` under a unique server name, which
-    this process (and every child it starts) then uses through JACK_DEFAULT_SERVER.
+    this process (and every child it starts) then uses through JACK_DEFAULT_SERVER. With
+    `realtime=True`, `-R -P 70` instead of --no-realtime: the server and its clients' process
+    threads run at SCHED_FIFO, as JACK runs for its users (where the system grants it).
 
     Synchronous mode (-S, the default here) makes the server wait for late clients: without
     realtime priority on a loaded CPU, the default asynchronous mode skips a client that
@@ -63,10 +65,11 @@ class JackServer:
         rate: int = 48000,
         sync: bool = True,
         start_timeout_s: float = 15.0,
+        realtime: bool = False,
         log: Path | None = None,
         prefix: str = "companion-bench",
     ):
-        self.period, self.rate, self.sync = period, rate, sync
+        self.period, self.rate, self.sync, self.realtime = period, rate, sync, realtime
         self.name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._timeout = start_timeout_s
         self._saved = {k: os.environ.get(k) for k in JACK_ENV}
@@ -90,8 +93,8 @@ class JackServer:
         self.proc = subprocess.Popen(
             [
                 jackd,
+                *self.realtime_flags(self.realtime).split(),
                 *(["-S"] if self.sync else []),
-                "--no-realtime",
                 "-d",
                 "dummy",
                 "-r",
@@ -114,6 +117,10 @@ class JackServer:
                 raise CompanionError(f"jackd did not start: {self.log.read().decode()[-500:]}")
             time.sleep(0.1)  # polling a server start-up, not timing anything
         return self
+
+    @staticmethod
+    def realtime_flags(realtime: bool) -> str:
+        return "-R -P 70" if realtime else "--no-realtime"
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -24,16 +24,18 @@ class Output:
         generated, now: late, not dropped (a silent voice under the note is worse)."""
         floor = self.scheduler.now_ns() if asap else None
         for ev in events:
-            t = self.tracks[ev.track]
-            ch = t.channel - 1
-            if ev.velocity > 0:
-                vel = max(1, min(127, round(ev.velocity * t.velocity_scale)))
-                msg = (0x90 | ch, ev.pitch, vel)
-                self.notes_out += 1
-            else:
-                msg = (0x80 | ch, ev.pitch, 0)
+            msg = self.message(ev)
+            self.notes_out += ev.velocity > 0
             due = self.clock.time_at(ev.beat)
             self.scheduler.schedule(due if floor is None else max(due, floor), msg)
+
+    def message(self, ev: NoteEvent) -> tuple[int, int, int]:
+        """The MIDI message of `ev` on its track's channel (velocity scaled, 0 = note-off)."""
+        t = self.tracks[ev.track]
+        ch = t.channel - 1
+        if ev.velocity > 0:
+            return (0x90 | ch, ev.pitch, max(1, min(127, round(ev.velocity * t.velocity_scale))))
+        return (0x80 | ch, ev.pitch, 0)
 
     def beat_now(self) -> float:
         """The beat it is now, by the scheduler's clock (virtual time offline)."""
@@ -42,6 +44,12 @@ class Output:
     def cancel_after(self, beat: float) -> None:
         """Drop what was to start after `beat` and end what sounds then (interruption)."""
         self.scheduler.cancel_after(self.clock.time_at(beat), channels=set(self.channels))
+
+    def sounding_at(self, beat: float) -> list[set[int]]:
+        """The pitches each track will be sounding at `beat` (what `retract_from` returns,
+        taking nothing back)."""
+        keys = self.scheduler.sounding_at(self.clock.time_at(beat), self.channels)
+        return [{p for ch, p in keys if ch == c} for c in self.channels]
 
     def retract_from(self, beat: float) -> list[set[int]]:
         """Take back what was scheduled from `beat` on, releasing nothing; the pitches each

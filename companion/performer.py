@@ -191,6 +191,26 @@ class Performer:
         ahead = min(self.preset.timing.lookahead_ms * self.clock.bpm / 60_000.0, MAX_AHEAD)
         self.mode.tick(now, now + ahead + self.preset.timing.grid)
 
+    def armed(self, now_ns: int) -> tuple[int, int | None, tuple[int, ...], dict] | None:
+        """Harmonize's answers for a lead note-on that comes from `now_ns` on, written out
+        (Accompaniment.armed): (until_ns, the lead's channel or None for any, the voices'
+        channels, {pitch: messages}); None when there are none, or when a note-on now would
+        not be taken as played (the clock stopped, input near the flood limit)."""
+        arm = getattr(self.mode, "armed", None)
+        if arm is None or not self.clock.running or self._allowance < 2.0:
+            return None
+        got = arm(self.clock.beat_at(now_ns))
+        if got is None:
+            return None
+        until_beat, answers = got
+        channels = tuple(ch for o in self.outputs for ch in o.channels)
+        until = self.clock.time_at(until_beat)
+        change = self.scheduler.next_change(now_ns, channels)
+        if change is not None:
+            until = min(until, change)
+        ch = self.preset.input_channel - 1 if self.preset.input_channel else None
+        return until, ch, channels, answers
+
     def stop_sound(self, t_ns: int) -> None:
         """Stop, preset switch, panic: cancel everything pending and release every note."""
         if self.clock.running:

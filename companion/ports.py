@@ -234,8 +234,8 @@ class OutputPort:
     """MIDI output: `send` locks and refuses once closed (the Scheduler validates messages);
     subclasses implement `_send` and `_close`."""
 
-    timed = False  # True: send_at(due_ns, msg) sends at due_ns itself (send_process)
-    failing = False  # sends are failing where the port learns it later (send_process)
+    timed = False  # True: send_at(due_ns, msg) sends at due_ns itself (port_process)
+    failing = False  # sends are failing where the port learns it later (port_process)
     last_error: str | None = None
 
     def __init__(self, name: str):

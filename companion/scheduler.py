@@ -185,10 +185,11 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._stopped = False
         self.send_ahead_ns = 0
+        self._handed: deque[tuple[int, int | None]] = deque(maxlen=256)  # (due, channel)
 
     def send_ahead(self, ns: int) -> None:
         """Hand each message to the output `ns` before it is due, as `send(msg, due_ns)`: the
-        output sends it at due_ns itself (companion/send_process.py). Call before start()."""
+        output sends it at due_ns itself (companion/port_process.py). Call before start()."""
         self.send_ahead_ns = ns
         self.spin_ns = 0  # the output spins, not this thread
 
@@ -275,23 +276,38 @@ class Scheduler:
         belong to the caller (their note-offs, if any were pending after `ns`, are gone)."""
         affected = set(channels)
         with self._lock:
-            sounding = set(self.ledger.sounding())
-            kept = []
-            for entry in self._heap:
-                due, _, _, msg = entry
-                kind, ch = note_kind(msg), _channel(msg)
-                if kind is None or ch not in affected:
-                    kept.append(entry)
-                elif due < ns:
-                    kept.append(entry)
-            for due, _, _, msg in sorted(kept):
-                kind = note_kind(msg)
-                if kind is not None and due < ns and _channel(msg) in affected:
-                    self._replay(sounding, kind, (_channel(msg), msg[1]))
-            heapq.heapify(kept)
-            self._heap = kept
+            sounding = self.sounding_at(ns, affected)
+            self._heap = [
+                e
+                for e in self._heap
+                if e[0] < ns or _channel(e[3]) not in affected or note_kind(e[3]) is None
+            ]
+            heapq.heapify(self._heap)
         self._wake.set()
+        return sounding
+
+    def sounding_at(self, ns: int, channels: Iterable[int]) -> set[tuple[int, int]]:
+        """The (channel, pitch) keys on `channels` that will be sounding at `ns`: the ledger
+        now, then what is pending before `ns` played out (what `retract` returns, taking
+        nothing back)."""
+        affected = set(channels)
+        with self._lock:
+            sounding = set(self.ledger.sounding())
+            for due, _, _, msg in sorted(self._heap):
+                kind, ch = note_kind(msg), _channel(msg)
+                if kind is not None and due < ns and ch in affected:
+                    self._replay(sounding, kind, (ch, msg[1]))
         return {key for key in sounding if key[0] in affected}
+
+    def next_change(self, ns: int, channels: Iterable[int]) -> int | None:
+        """The due time of the first message on `channels` still to be sent after `ns`,
+        pending here or handed over ahead to an output that sends it itself; None when there
+        is none. Until then what sounds on them stays as it is."""
+        affected = set(channels)
+        with self._lock:
+            dues = [e[0] for e in self._heap if e[0] > ns and _channel(e[3]) in affected]
+            dues += [d for d, ch in self._handed if d > ns and ch in affected]
+        return min(dues, default=None)
 
     @staticmethod
     def _replay(sounding: set[tuple[int, int]], kind: str, key: tuple[int, int]) -> None:
@@ -335,6 +351,8 @@ class Scheduler:
                     continue
                 for m in out:
                     sent += self._emit(m, due)
+                if ahead and due > now_ns:  # the output holds it until due (next_change)
+                    self._handed.append((due, _channel(msg)))
                 # handed ahead: how late the hand-over was (the output measures the send)
                 self.stats.lateness_ns.append(max(lateness, 0) if ahead else abs(lateness))
         return sent

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 class Stage:
     """A Performer on a virtual clock; `play_until(ns)` advances time tick by tick."""
 
-    def __init__(self, preset, seed=1, tolerance_ns=10**15):
+    def __init__(self, preset, seed=1, tolerance_ns=10**15, speculate="thread"):
         self.now = VirtualTime()
         self.clock = InternalClock(bpm=preset.timing.bpm, beats_per_bar=4, now_ns=self.now)
         self.clock.start(at_ns=0)
@@ -36,7 +36,9 @@ class Stage:
             now_ns=self.now,
             tolerance_ns=tolerance_ns,
         )
-        self.performer = Performer(preset, self.scheduler, self.clock, seed=seed, provider="cpu")
+        self.performer = Performer(
+            preset, self.scheduler, self.clock, seed=seed, provider="cpu", speculate=speculate
+        )
         self.inputs: list[tuple[int, tuple[int, ...]]] = []
 
     def at(self, beat: float) -> int:
@@ -49,11 +51,12 @@ class Stage:
         ]
         self.inputs.sort(key=lambda m: (m[0], m[1][0] == 0x90))
 
-    def play_until(self, beat: float) -> None:
+    def play_until(self, beat: float, handle=None) -> None:
+        """Play on to `beat`; `handle(t, msg)` in place of the performer's, if given."""
         end = self.at(beat)
         while self.now.ns < end:
             while self.inputs and self.inputs[0][0] <= self.now.ns:
-                self.performer.handle(*self.inputs.pop(0))
+                (handle or self.performer.handle)(*self.inputs.pop(0))
             self.performer.tick(self.now.ns)
             self.scheduler.run_pending(self.now.ns)
             self.now.ns = next_time(
@@ -346,3 +349,39 @@ def test_harmonize_answers_from_speculation_and_plays_the_same_notes(monkeypatch
         else:
             assert mode.hits == 0
     assert played[True] == played[False]
+
+
+def test_the_answers_armed_for_a_lead_note_are_the_very_messages_its_hit_sends():
+    """Accompaniment.armed, as the port process sends it the moment a lead note comes in
+    (companion/armed.py): byte for byte what the daemon's hit then sends, for notes before
+    their grid line (the step not committed yet) and after it (committed ahead: taken
+    back), legato or not; a note it does not answer gets no armed answer."""
+    preset = _preset("chorale")
+    stage = Stage(preset, speculate="inline")
+    grid = preset.timing.grid
+    for i, pitch in enumerate(SOPRANO):
+        onset = 2.0 + i + (0.4 if i % 2 else -0.3) * grid
+        stage.note(onset, pitch, 1.0 if i % 3 == 0 else 0.8)  # some legato
+    compared = []
+
+    def handle(t, msg):
+        got = stage.performer.armed(t) if msg[0] == 0x90 else None
+        mark = len(stage.sent)
+        stage.performer.handle(t, msg)
+        stage.scheduler.run_pending(t)
+        if got is None:
+            return
+        until, channel, voices, answers = got
+        assert until > t and channel is None and set(voices) == _voices(preset)
+        sent = [tuple(m) for tt, m in stage.sent[mark:] if tt == t]
+        armed = answers.get(msg[1], b"")
+        armed = [tuple(armed[i : i + 3]) for i in range(0, len(armed), 3)]
+        # live, each voice is sent as it is scheduled (its release, then its new note), as
+        # armed; on this virtual clock they share one due time, where releases go first
+        compared.append((sorted(armed, key=lambda m: m[0] & 0xF0 != 0x80), sent))
+
+    stage.play_until(2.0 + len(SOPRANO) + 1, handle)
+    stage.finish()
+    assert len(compared) >= len(SOPRANO) - 2
+    assert all(armed == sent for armed, sent in compared), compared
+    assert sum(bool(sent) for _, sent in compared) >= len(SOPRANO) // 2  # voices did move

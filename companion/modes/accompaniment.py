@@ -21,6 +21,9 @@ same is held; one that changes is released and the new one struck.
   note-on whose step and lead were computed is answered by a lookup: every voice is sent
   at once, with no model call between the note and the answer; any other note-on is
   computed as before. `hits` and `misses` count the note-ons of each kind.
+- Armed answers (`armed`): those lookups written out as the very messages a hit would send,
+  for a note-on that comes before the state they were built from changes, so that the port
+  process can send them the moment the note arrives (companion/armed.py).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from midi_companion.armed import as_sent
 from midi_companion.modes.continuation import Continuation
 from midi_companion.output import Output
 from midi_companion.representations.base import NoteEvent, quantize
@@ -78,6 +82,7 @@ class Accompaniment:
             else None
         )
         self.last_pitch: int | None = None  # the lead's last note-on: speculation's centre
+        self._armed: tuple = (None, None, None)  # (built from, armed()'s answer, its spec)
 
     # ---- input -------------------------------------------------------------------------
     def note_on(self, beat: float, pitch: int, velocity: int) -> None:
@@ -194,6 +199,44 @@ class Accompaniment:
         self.next_step = step + 1
         return True
 
+    def armed(self, now: float) -> tuple[float, dict[int, bytes]] | None:
+        """What `_answer_from_speculation` would send for a lead note-on coming from `now`
+        until the beat returned, by lead pitch: the messages as the scheduler's ledger would
+        send them, in order. None when no note-on there would be a hit. It holds while
+        nothing is sent on the voices' channels and no input comes (the caller's part:
+        Performer.armed, the port process); the same object is returned while what it is
+        built from is unchanged."""
+        if not self.speculate or not self.active or self.next_step is None:
+            return None
+        step = quantize(now, self.grid)
+        key, _ = self._base(step)
+        done = self.speculator.done.get(step) if key is not None else None
+        if done is None or done[0] != key:
+            return None
+        scheduler = self.output.scheduler
+        # the speculation by identity (held in _armed, so its id is not reused)
+        basis = (step, key, id(done[2]), frozenset(self.sounding), self.next_step)
+        basis += (scheduler.stats.sent,)
+        if self._armed[0] == basis:
+            return self._armed[1]
+        entry = self._committed(step) if step < self.next_step else None
+        voices = self.output.sounding_at(now) if entry is not None else self.voices
+        spec, held = done[2], frozenset(self.sounding)
+        sounding = scheduler.ledger.sounding()
+        answers = {}
+        for lead, (rows, _, _) in zip(spec.leads, spec.results, strict=True):
+            new = lead - held
+            if len(new) != 1 or not held <= lead:
+                continue
+            (pitch,) = new
+            if entry is not None and pitch in entry.lead:
+                continue  # nothing new for that step: no answer (see _answer)
+            moves = [ev for k, row in enumerate(rows) for ev in self._moves(k, voices[k], row, now)]
+            answers[pitch] = as_sent(sounding, [self.output.message(ev) for ev in moves])
+        armed = ((step + 0.5) * self.grid, answers) if answers else None
+        self._armed = (basis, armed, spec)
+        return armed
+
     def _commit(self, step: int, at: float | None = None) -> None:
         """Generate step `step` from the lead as it is now; play it at `at` or on the grid."""
         lead = frozenset(self.sounding)
@@ -232,11 +275,14 @@ class Accompaniment:
         old = self.voices[k]
         if new == old:
             return
-        events = [NoteEvent(beat, p, 0, k) for p in sorted(old - new)]
-        events += [NoteEvent(beat, p, self.acc.velocity, k) for p in sorted(new - old)]
         self.voices[k] = set(new)
-        self.output.play(events, asap=asap)
+        self.output.play(self._moves(k, old, new, beat), asap=asap)
         self._struck |= asap and bool(new - old)
+
+    def _moves(self, k: int, old: set[int], new: set[int], beat: float) -> list[NoteEvent]:
+        """Voice `k` from `old` to `new` at `beat`: the releases, then the new notes."""
+        events = [NoteEvent(beat, p, 0, k) for p in sorted(old - new)]
+        return events + [NoteEvent(beat, p, self.acc.velocity, k) for p in sorted(new - old)]
 
     # ---- stopping ----------------------------------------------------------------------
     def release(self, beat: float) -> None:
@@ -285,6 +331,9 @@ class Jam:
     def end_phrase(self, beat):
         self._to_solo(beat)
         self.solo.end_phrase(beat)
+
+    def armed(self, now):
+        return self.acc.armed(now) if self.acc.active else None
 
     def tick(self, now, horizon):
         if (
