@@ -33,6 +33,7 @@ from midi_companion import presets
 from midi_companion.errors import CompanionError
 from midi_companion.jack_harness import (
     DaemonProcess,
+    FrameListener,
     Keyboard,
     Listener,
     is_note_on,
@@ -296,6 +297,7 @@ def measure_continue_timing(preset: Path, cycles: int, provider: str = "auto") -
     solo = {tr.channel - 1 for tr in p.solo_tracks}
     grid = model_grid(p.solo_model or p.model)
     daemon, keyboard, listener = _session(preset, "--provider", provider)
+    frames = _frame_listener(daemon, keyboard, listener)
     try:
         for c in range(cycles):
             b0 = math.floor(daemon.beat_at(time.perf_counter_ns() + 300 * MS)) + 1
@@ -310,12 +312,20 @@ def measure_continue_timing(preset: Path, cycles: int, provider: str = "auto") -
             unit = t.beats_per_bar if t.start_on == "bar" else 1
             start = (math.floor((last_off + t.silence_beats) / unit) + 1) * unit
             sleep_until(daemon.time_at(start + t.bars * t.beats_per_bar) + 300 * MS)
-        stamps = [
-            s
-            for s, m in listener.heard
-            if len(m) == 3 and m[0] & 0xE0 == 0x80 and (not solo or m[0] & 0x0F in solo)
-        ]
+
+        def notes(heard):
+            return [
+                s
+                for s, m in heard
+                if len(m) == 3 and m[0] & 0xE0 == 0x80 and (not solo or m[0] & 0x0F in solo)
+            ]
+
+        stamps = notes(listener.heard)
+        frame_stamps = notes(frames.stop()) if frames else None
+        frames = None
     finally:
+        if frames is not None:
+            frames.stop()
         stopped = _finish(daemon, keyboard, listener)
     errors = grid_errors(stamps, daemon.beat_at, daemon.time_at, grid)
     return {
@@ -323,9 +333,26 @@ def measure_continue_timing(preset: Path, cycles: int, provider: str = "auto") -
         "cycles": cycles,
         "grid": grid,
         "error_ms": summary_ms(errors),
+        "frame_error_ms": _frame_errors(frame_stamps, daemon, grid),
         "late_dropped": stopped["late_dropped"],
         "dispatch_ms": _dispatch(stopped),
     }
+
+
+def _frame_listener(daemon, keyboard, listener) -> FrameListener | None:
+    """A FrameListener on the daemon's output where libjack loads (see its docstring)."""
+    try:
+        return FrameListener.open("bench-frame-listener")
+    except BaseException:
+        _finish(daemon, keyboard, listener)
+        raise
+
+
+def _frame_errors(stamps: list[int] | None, daemon, grid: float) -> dict | None:
+    """|arrival - grid| in JACK frame time (FrameListener), None when not measured."""
+    if stamps is None:
+        return None
+    return summary_ms(grid_errors(stamps, daemon.beat_at, daemon.time_at, grid))
 
 
 def _dispatch(stopped: dict) -> dict:
@@ -346,6 +373,7 @@ def measure_session(
     daemon, keyboard, listener = _session(
         preset, "--bpm", bpm, "--record", record, "--provider", provider
     )
+    frames = _frame_listener(daemon, keyboard, listener)
     try:
         playing = CpuShare(daemon)
         b0 = math.floor(daemon.beat_at(time.perf_counter_ns() + 500 * MS)) + 1
@@ -358,12 +386,20 @@ def measure_session(
         end = time.perf_counter_ns()
         busy = playing.share()
         rss = daemon.peak_rss_mb()
-        stamps = [
-            s
-            for s, m in listener.heard
-            if s < end and len(m) == 3 and m[0] & 0xE0 == 0x80 and m[0] & 0x0F in voices
-        ]
+
+        def notes(heard):
+            return [
+                s
+                for s, m in heard
+                if s < end and len(m) == 3 and m[0] & 0xE0 == 0x80 and m[0] & 0x0F in voices
+            ]
+
+        stamps = notes(listener.heard)
+        frame_stamps = notes(frames.stop()) if frames else None
+        frames = None
     finally:
+        if frames is not None:
+            frames.stop()
         stopped = _finish(daemon, keyboard, listener)
     errors = grid_errors(stamps, daemon.beat_at, daemon.time_at, grid)
     return {
@@ -376,6 +412,7 @@ def measure_session(
         "late_dropped": stopped["late_dropped"],
         "sent": stopped["sent"],
         "error_ms": summary_ms(errors),
+        "frame_error_ms": _frame_errors(frame_stamps, daemon, grid),
         "dispatch_ms": _dispatch(stopped),
         "peak_rss_mb": rss,
         "cpu": {"playing": busy},

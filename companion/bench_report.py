@@ -189,6 +189,20 @@ def targets(r: dict) -> list[dict]:
     ):
         s = r.get(key, {}).get("error_ms", {})
         add(f"scheduled-output timing p99 ({label})", "< 1.5 ms", s.get("p99"), 1.5, "ms")
+    for key, label in (
+        ("timing_continue", "continue"),
+        ("session", "accompany"),
+        ("timing_jam", "jam's solo"),
+    ):  # where the daemon places each message at its JACK frame (companion/jack_frames.py)
+        s = r.get(key, {}).get("frame_error_ms") or {}
+        add(
+            f"scheduled-output timing p99 in JACK frame time ({label})",
+            "< 0.1 ms",
+            s.get("p99"),
+            0.1,
+            "ms",
+            note="" if s else "no frame-stamping listener (libjack not loaded)",
+        )
     s = r.get("session")
     add(
         "late-dropped notes, 120 BPM, 16th-note accompaniment",
@@ -347,6 +361,18 @@ def _details(r: dict) -> list[str]:
         measured.append(
             (f"jam: the solo's \\|arrival - grid\\|, {t['cycles']} solos", t["error_ms"])
         )
+    for key, label in (
+        ("timing_continue", "continue"),
+        ("session", "accompany"),
+        ("timing_jam", "jam's solo"),
+    ):
+        if (r.get(key) or {}).get("frame_error_ms"):
+            measured.append(
+                (
+                    f"{label}: \\|arrival - grid\\| in JACK frame time (a frame-stamping listener)",
+                    r[key]["frame_error_ms"],
+                )
+            )
     out += [f"| {what} | {_row(summary)} |" for what, summary in measured]
     for key, label in (
         ("timing_continue", "continue"),
@@ -360,7 +386,7 @@ def _details(r: dict) -> list[str]:
                 f"{d['p50']:.2f} | {d['p99']:.2f} | {d['max']:.2f} | - |"
             )
     cpu = [
-        (f"{label}: the daemon's CPU {when} (its sending process included), % of one core", c)
+        (f"{label}: the daemon's CPU {when} (its port process included), % of one core", c)
         for key, label in (("harmonize", "harmonize"), ("session", "accompany"))
         for when, c in (r.get(key, {}).get("cpu") or {}).items()
         if c is not None

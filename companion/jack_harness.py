@@ -31,6 +31,7 @@ from midi_companion import presets
 from midi_companion.errors import CompanionError
 from midi_companion.ports import (
     CLIENT_NAME,
+    JACK_SETTLE_S,
     VIRTUAL_INPUT,
     VIRTUAL_OUTPUT,
     close_client,
@@ -201,6 +202,62 @@ class Keyboard:
 
     def close(self) -> None:
         close_client(self._out)
+
+
+class FrameListener:
+    """A JACK MIDI client on the daemon's output, in a process of its own, that stamps each
+    message with the time of its JACK frame (companion/jack_frames.py), not when a callback
+    ran: where the daemon places messages at their frames, this shows how close to their
+    time they are (the Listener's stamps spread over the period its callback runs in, and
+    over the waits for its process's GIL). `open()` is None where libjack cannot be loaded;
+    `stop()` ends it and returns every (t_ns, msg) heard."""
+
+    def __init__(self, client_name: str, source: str):
+        code = "from midi_companion.jack_harness import frame_listener; frame_listener()"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", code, client_name, source],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self._proc.stdout.readline().strip() != "ready":
+            self._proc.kill()
+            self._proc.wait()
+            raise CompanionError("the frame-stamping listener did not start")
+
+    @classmethod
+    def open(
+        cls, client_name: str = "companion-frame-listener", source: str = VIRTUAL_OUTPUT
+    ) -> FrameListener | None:
+        from midi_companion.jack_frames import load
+
+        return cls(client_name, source) if load() is not None else None
+
+    def stop(self) -> list[tuple[int, tuple[int, ...]]]:
+        self._proc.stdin.close()
+        heard = json.loads(self._proc.stdout.read() or "[]")
+        self._proc.wait(timeout=10)
+        return [(t, tuple(m)) for t, m in heard]
+
+
+def frame_listener() -> None:
+    """FrameListener's process: argv client name, source port; "ready", then on stdin's end
+    what it heard as one JSON list."""
+    from midi_companion.jack_frames import FramePorts
+
+    heard: list = []
+    ports = FramePorts(
+        None,
+        sys.argv[2],
+        on_input=lambda t, data: heard.append((t, list(data))),
+        client_name=sys.argv[1],
+        output=False,
+    )
+    print("ready", flush=True)
+    sys.stdin.read()
+    time.sleep(JACK_SETTLE_S)
+    ports.close(flush_s=0.0)
+    print(json.dumps(heard), flush=True)
 
 
 class Listener:

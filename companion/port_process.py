@@ -49,6 +49,7 @@ from collections import deque
 
 from midi_companion.armed import SEQ_MASK, Answerer, Armed
 from midi_companion.errors import MidiPortError
+from midi_companion.jack_frames import LEAD_NS
 from midi_companion.ledger import note_kind
 from midi_companion.ports import InputPort, OutputPort
 from midi_companion.stats import percentiles
@@ -240,6 +241,9 @@ class _Sender:
 
     def __init__(self, port):
         self.port = port
+        # a port that places messages at their time itself (jack_frames.FramePorts) is
+        # handed each this long ahead; another is sent to at the due time
+        self.lead = LEAD_NS if hasattr(port, "send_at") else 0
         self.lock = threading.Lock()
         self.answerer = Answerer()
         self.heap: list[tuple[int, int, bytes, bool]] = []  # (due, seq, data, timed)
@@ -275,16 +279,16 @@ class _Sender:
         self.seq += 1
 
     def send_due(self, now: int) -> None:
-        while self.heap and self.heap[0][0] <= now:
+        while self.heap and self.heap[0][0] <= now + self.lead:
             due, seq, data, timed = heapq.heappop(self.heap)
             if seq in self.cancelled:
                 self.cancelled.discard(seq)
                 continue
             if _is_on(data):
                 self.pending_on.get(_key(data), {}).pop(seq, None)
-            self.send(data)
+            self.send(data, due)
             self.answerer.sent_on(data[0] & 0x0F if data[0] < 0xF0 else None)
-            if timed:
+            if timed and not self.lead:  # a port that places messages measures itself
                 self.lateness.append(abs(time.perf_counter_ns() - due))
 
     def answer(self, t_ns: int, msg) -> tuple[int, int | None]:
@@ -294,38 +298,43 @@ class _Sender:
             seq, answer = self.answerer.heard(t_ns, msg, self._changing)
             for data in answer:
                 self.send(data)
-        return seq, (time.perf_counter_ns() if answer else None)
+        if not answer:
+            return seq, None
+        # placed at the note's own frame by a port that places messages, else sent now
+        return seq, (t_ns if self.lead else time.perf_counter_ns())
 
     def _changing(self, channels) -> bool:
-        """Whether a record waiting here will change what sounds on `channels` (what
-        sounds there is then not what the armed table was built on)."""
-        return any(
-            d[0] < 0xF0 and d[0] & 0x0F in channels
-            for _, q, d, _ in self.heap
-            if q not in self.cancelled
-        )
+        """Whether a record waiting here (or handed to the port, not yet placed) will change
+        what sounds on `channels` (what sounds there is then not what the armed table was
+        built on)."""
+        waiting = [d for _, q, d, _ in self.heap if q not in self.cancelled]
+        waiting += getattr(self.port, "waiting", list)()
+        return any(d[0] < 0xF0 and d[0] & 0x0F in channels for d in waiting)
 
     def handled(self, seq: int) -> None:
         for data in self.answerer.handled(seq):
             if _key(data) in self.sounding:
                 self.send(data)
 
-    def send(self, data: bytes) -> None:
-        """Send `data` now, keeping the synth's notes whole whatever the daemon believes:
-        a note-on of a sounding note ends it first, a note-off of a silent one is not sent
-        (the daemon's ledger does the same; this holds also where an armed answer and the
-        daemon's own answer to a note differ)."""
+    def send(self, data: bytes, due: int = 0) -> None:
+        """Send `data` now (or place it at `due`, on a port that does), keeping the synth's
+        notes whole whatever the daemon believes: a note-on of a sounding note ends it
+        first, a note-off of a silent one is not sent (the daemon's ledger does the same;
+        this holds also where an armed answer and the daemon's own answer differ)."""
         key = _key(data)
         if key is not None:
             if _is_on(data) and key in self.sounding:
-                self._send(bytes((0x80 | key[0], key[1], 0)))
+                self._send(bytes((0x80 | key[0], key[1], 0)), due)
             elif not _is_on(data) and key not in self.sounding:
                 return
-        self._send(data)
+        self._send(data, due)
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, due: int) -> None:
         try:
-            self.port.send(list(data))
+            if self.lead:
+                self.port.send_at(due, data)
+            else:
+                self.port.send(list(data))
         except Exception as err:  # the port's error, whatever it is: told, not raised
             self.errors += 1
             if not self.failing:
@@ -349,14 +358,15 @@ class _Sender:
             self.send(bytes((0x80 | ch, pitch, 0)))
 
     def summary(self) -> dict:
-        p50, p99 = percentiles(self.lateness, 50, 99)
+        lateness = getattr(self.port, "lateness", self.lateness)
+        p50, p99 = percentiles(lateness, 50, 99)
         return {
             "sent": self.sent,
             "send_errors": self.errors,
             "failing": self.failing,
             "lateness_p50_ms": p50 / 1e6,
             "lateness_p99_ms": p99 / 1e6,
-            "lateness_max_ms": max(self.lateness, default=0) / 1e6,
+            "lateness_max_ms": max(lateness, default=0) / 1e6,
             "answered_early": self.answerer.answered,
         }
 
@@ -417,13 +427,15 @@ def serve(sender: _Sender, fd: int, forward: _Forward | None = None) -> bool:
             sender.send_due(now)
             wait = REPORT_EVERY_S
             if sender.heap:
-                wait = min(wait, max(0.0, (sender.heap[0][0] - now - SPIN_NS) / 1e9))
+                spin = 0 if sender.lead else SPIN_NS
+                ahead = sender.heap[0][0] - sender.lead - now - spin
+                wait = min(wait, max(0.0, ahead / 1e9))
         if forward is not None and forward.dropped != told_dropped:
             told_dropped = forward.dropped
             _tell(in_dropped=told_dropped)
         ready, _, _ = select.select([fd], [], [], wait)
         if not ready:
-            if sender.heap:
+            if sender.heap and not sender.lead:
                 due = sender.heap[0][0]
                 while time.perf_counter_ns() < due:
                     time.sleep(0)  # the last stretch: spin (letting the input's thread in)
@@ -510,9 +522,46 @@ def wanted() -> bool:
     return granted == [True]
 
 
-def main(argv: list[str] | None = None) -> int:
-    from midi_companion import ports
+def _open(backend: str, out_name: str | None, in_name: str):
+    """(output, input or None, its _Forward or None, the _Sender): on JACK the ports of
+    jack_frames (each message at its frame) where libjack loads, else python-rtmidi's."""
+    from midi_companion import jack_frames, ports
 
+    with_input = in_name != NO_INPUT
+    if backend == "jack" and jack_frames.load() is not None:
+        forward = None  # made once the sender is; the callback reads it when input comes
+        on_input = (lambda t, data: forward((t, list(data)))) if with_input else None
+        frames = jack_frames.FramePorts(
+            out_name, (in_name or None) if with_input else None, on_input
+        )
+        sender = _Sender(frames)
+        forward = _Forward(sender) if with_input else None
+        inp = _NamedInput(frames.in_name) if with_input else None
+        return frames, inp, forward, sender
+    port = ports.open_output(out_name, backend=backend)
+    sender = _Sender(port)
+    if not with_input:
+        return port, None, None, sender
+    forward = _Forward(sender)
+    try:
+        inp = ports.open_input(in_name or None, backend=backend, callback=forward)
+    except MidiPortError:
+        port.close()
+        raise
+    return port, inp, forward, sender
+
+
+class _NamedInput:
+    """The input of FramePorts, as main() closes it (it closes with the output)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def close(self) -> None:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
     for name in ("SIGINT", "SIGHUP", "SIGTERM"):  # the daemon's to handle; it closes us
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
@@ -521,22 +570,12 @@ def main(argv: list[str] | None = None) -> int:
     if os.read(0, 1) != OPEN:  # the daemon stopped before its ports were to open
         return 0
     realtime()
-    inp = forward = None
     try:
-        port = ports.open_output(out_name, backend=backend)
+        port, inp, forward, sender = _open(backend, out_name, in_name)
     except MidiPortError as err:
         _tell(error=str(err))
         return 2
-    sender = _Sender(port)
-    if in_name != NO_INPUT:
-        forward = _Forward(sender)
-        try:
-            inp = ports.open_input(in_name or None, backend=backend, callback=forward)
-        except MidiPortError as err:
-            port.close()
-            _tell(error=str(err))
-            return 2
-        _realtime_threads()
+    _realtime_threads()
     _tell(port=port.name, input=inp.name if inp is not None else None)
     os.set_blocking(1, False)  # a forwarded line never makes the MIDI thread wait
     if not serve(sender, sys.stdin.fileno(), forward):

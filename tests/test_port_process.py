@@ -230,7 +230,10 @@ def test_a_port_process_answers_an_armed_lead_note_itself_and_forwards_it_stampe
         time.sleep(0.05)  # the table is there
         t = keyboard.send((0x90, 67, 90))
         stamp, msg, seq, answered = inp.queue.get(timeout=2.0)
-        assert msg == [0x90, 67, 90] and seq == 1 and stamp >= t and answered >= stamp
+        # stamped on arrival: with the time of its JACK frame where the port process
+        # places messages at their frames (then the answer is at that very frame)
+        assert msg == [0x90, 67, 90] and seq == 1 and abs(stamp - t) < 20 * MS
+        assert stamp <= answered < stamp + 2 * MS
         out.send((0x91, 62, 80))  # the daemon's hit: the same messages, and one more
         out.send((0x92, 55, 80))
         out.send((0x93, 48, 80))
