@@ -5,11 +5,10 @@ python-rtmidi's JACK ports write a message at the start of the period after it w
 a scheduled note lands anywhere in the period after its time (1.33 ms at 64 frames, 48 kHz).
 Here the process callback, run by JACK once a period, writes each message due within the
 period at the frame of its due time, and stamps what comes in with the time of its own
-frame. Due times are perf_counter_ns; JACK's clock (jack_get_time, which frames_to_time
-follows) is another monotonic clock, so the offset between the two is measured when the
-ports open (a few microseconds of error, constant), and taken again from a period's own
-start when JACK's frame times jump away from it (a server that stalled for seconds over a
-killed client kept its frame count, and its frame times stayed seconds behind).
+frame. Due times are perf_counter_ns, JACK's frame times another clock (frames_to_time:
+JACK's estimate, which a dummy driver's late periods and a stalled server move away from
+the wall clock by milliseconds to seconds), so the offset between the two is followed from
+when each period's callback actually runs (`_follow`).
 
 What is sent from within the callback (an armed answer to the note just read) goes out in
 that very period, at the note's frame. A message handed over after its period has run goes
@@ -32,12 +31,9 @@ from midi_companion.ports import CLIENT_NAME, VIRTUAL_INPUT, VIRTUAL_OUTPUT, mat
 MIDI_TYPE = b"8 bit raw midi"
 IS_INPUT, IS_OUTPUT = 0x1, 0x2
 NO_START_SERVER = 0x01
-CALIBRATION_SAMPLES = 9
 LEAD_NS = 4_000_000  # messages are handed to the callback this long before they are due
-# a period's callback runs after its first frame's time (0.3 ms typically, 3.3 ms at worst on
-# a loaded 2-core machine); further than this, and before it, the mapping is taken again
-MAX_LAG_NS = 20_000_000
-MAX_LEAD_NS = MAX_LAG_NS  # ... or as far before it (JACK's frame times ahead of its clock)
+BLOCK_PERIODS = 256  # the offset is the least seen over WINDOW_BLOCKS blocks of periods
+WINDOW_BLOCKS = 4  # (~1.4 s at 64 frames, 48 kHz)
 
 _PROCESS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p)
 
@@ -132,11 +128,13 @@ class FramePorts:
         self._cycle_frame = 0
         self._cycle_thread: int | None = None
         self.lateness: deque[int] = deque(maxlen=8192)
+        self._blocks: deque[int] = deque(maxlen=WINDOW_BLOCKS)  # (see _follow)
+        self._block_min, self._block_n = 1 << 62, 0
         self.out = self._register(VIRTUAL_OUTPUT, IS_OUTPUT) if output else None
         self.inp = self._register(VIRTUAL_INPUT, IS_INPUT) if on_input is not None else None
         self._callback = _PROCESS(self._process)  # kept: libjack holds only the pointer
         self.lib.jack_set_process_callback(self.client, self._callback, None)
-        self.offset_ns = self._calibrate()
+        self.offset_ns = 0  # perf_counter_ns - JACK's frame time, from the first period on
         if self.lib.jack_activate(self.client) != 0:
             self._close_client()
             raise MidiPortError("the JACK server refused to activate the companion's client")
@@ -154,17 +152,6 @@ class FramePorts:
             self._close_client()
             raise MidiPortError(f"JACK refused the port {name!r}")
         return port
-
-    def _calibrate(self) -> int:
-        """perf_counter_ns - JACK's clock (ns), the median of a few readings each taken
-        between two readings of perf_counter_ns."""
-        offsets = []
-        for _ in range(CALIBRATION_SAMPLES):
-            a = time.perf_counter_ns()
-            j = self.lib.jack_get_time() * 1000
-            b = time.perf_counter_ns()
-            offsets.append((a + b) // 2 - j)
-        return sorted(offsets)[len(offsets) // 2]
 
     def _connect(self, name: str | None, port: int, direction: str) -> str:
         """Connect our port to the one existing port matching `name` (None: leave it a
@@ -217,11 +204,7 @@ class FramePorts:
             self._cycle_thread = threading.get_ident()
             lib, client = self.lib, self.client
             start = lib.jack_frames_to_time(client, lib.jack_last_frame_time(client)) * 1000
-            now = time.perf_counter_ns()
-            if not -MAX_LEAD_NS <= now - (start + self.offset_ns) <= MAX_LAG_NS:
-                # JACK's frame clock jumped away from its own (the server stalled over a
-                # killed client, an xrun): this period starts now
-                self.offset_ns = now - start
+            self._follow(start, time.perf_counter_ns())
             start += self.offset_ns
             npf = self.ns_per_frame
             events: list = []
@@ -253,6 +236,24 @@ class FramePorts:
         except Exception:  # noqa: BLE001 - JACK's thread must never see an exception
             self._cycle = None
         return 0
+
+    def _follow(self, start: int, now: int) -> None:
+        """Keep `offset_ns`, perf_counter_ns - JACK's frame time: the least of (when a
+        period's callback ran - its first frame's time) over the last WINDOW_BLOCKS blocks
+        of BLOCK_PERIODS periods. A callback runs after its period's first frame, some
+        later than others, so the least is the period's own start as near as it can be
+        had; it follows JACK's frame times wherever they go (a server that stalled over a
+        killed client kept its frame count, and its frame times fell seconds behind)."""
+        seen = now - start
+        if seen < self._block_min:
+            self._block_min = seen
+        self._block_n += 1
+        if self._block_n >= BLOCK_PERIODS:
+            self._blocks.append(self._block_min)
+            self._block_min, self._block_n = 1 << 62, 0
+        least = min(self._block_min, *self._blocks) if self._blocks else self._block_min
+        if least != self.offset_ns:
+            self.offset_ns = least
 
     # ---- closing -----------------------------------------------------------------------
     def close(self, flush_s: float = 0.5) -> None:

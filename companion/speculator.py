@@ -46,13 +46,17 @@ class Speculator:
             worker.start()
 
     def ready(self, step: int, key, held: frozenset[int]) -> bool:
-        """Whether `step` is computed from base `key` with the lead holding `held`."""
-        return self.done.get(step, (None, None))[:2] == (key, held)
+        """Whether `step` is computed from base `key` for a lead holding `held`: computed
+        with `held` held, or with anything held if nothing is held now (every job computes
+        the plain leads too, so a note-off needs no new one)."""
+        return _serves(self.done.get(step, (None, None))[:2], key, held)
 
     def busy_with(self, step: int, key, held: frozenset[int]) -> bool:
         """Whether that is asked for or under way."""
-        ident = (step, key, held)
-        return any(j is not None and j[:3] == ident for j in (self._running, self._wanted))
+        return any(
+            j is not None and j[0] == step and _serves(j[1:3], key, held)
+            for j in (self._running, self._wanted)
+        )
 
     def want(self, step: int, key, held: frozenset[int], snap, last_pitch: int | None) -> None:
         """Compute `step` from the snapshot `snap` (base `key`), the lead holding `held`;
@@ -109,6 +113,11 @@ class Speculator:
         done[step] = (key, held, spec)
         self.done = done  # one assignment: a reader sees the old dict or the new
         self.jobs_ns.append(time.thread_time_ns() - t0)
+
+
+def _serves(computed: tuple, key, held: frozenset[int]) -> bool:
+    """Whether a job computed for (base key, held) serves base `key` with `held` held."""
+    return computed[0] == key and (computed[1] == held or not held)
 
 
 def _work(ref) -> None:

@@ -248,3 +248,41 @@ def test_a_port_process_answers_an_armed_lead_note_itself_and_forwards_it_stampe
         out.close()
         listener.close()
     assert out.report["answered_early"] == 1 and inp.closed
+
+
+@pytest.mark.e2e
+def test_jack_frame_ports_place_each_message_at_its_due_time_and_stamp_it_so(jack_server):
+    """companion/jack_frames.py: a message handed over ahead is written in the period of its
+    due time, at its frame, not at once; a listener of the same kind stamps each with its
+    frame's time. (How close: companion bench, in JACK frame time.)"""
+    from midi_companion.jack_frames import FramePorts, load
+
+    if load() is None:
+        pytest.skip("libjack is not loadable here")
+    heard: list[tuple[int, bytes]] = []
+    sender = FramePorts(None, client_name="frames-sender")
+    listener = FramePorts(
+        None,
+        "frames-sender:",
+        on_input=lambda t, data: heard.append((t, data)),
+        client_name="frames-listener",
+        output=False,
+    )
+    try:
+        time.sleep(0.2)  # connected
+        t0 = time.perf_counter_ns() + 100 * MS
+        dues = [t0 + i * 7 * MS + i * 37_000 for i in range(20)]
+        for i, due in enumerate(dues):
+            sender.send_at(due, bytes((0x90, 60 + i, 90)))
+        sender.send((0xB0, 7, 100))  # as soon as possible: before all of them
+        time.sleep((dues[-1] - time.perf_counter_ns()) / 1e9 + 0.2)
+    finally:
+        listener.close(flush_s=0.0)
+        sender.close()
+    assert heard[0][1] == bytes((0xB0, 7, 100))
+    notes = heard[1:]
+    assert [d[1] for _, d in notes] == [60 + i for i in range(20)]
+    # placed at its time: never ahead of it by more than a frame, and not sent at hand-over
+    frame_ns = 1e9 / sender.rate
+    assert all(t >= due - frame_ns for (t, _), due in zip(notes, dues))
+    assert all(t < due + 20 * MS for (t, _), due in zip(notes, dues))

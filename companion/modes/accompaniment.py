@@ -82,13 +82,14 @@ class Accompaniment:
             else None
         )
         self.last_pitch: int | None = None  # the lead's last note-on: speculation's centre
+        self.last_on: float | None = None  # ... and its beat
         self._armed: tuple = (None, None, None)  # (built from, armed()'s answer, its spec)
 
     # ---- input -------------------------------------------------------------------------
     def note_on(self, beat: float, pitch: int, velocity: int) -> None:
         self.sounding.add(pitch)
         self.last_pitch = pitch
-        self.last_input = beat
+        self.last_input = self.last_on = beat
         if not self.active:
             return
         step = quantize(beat, self.grid)
@@ -163,11 +164,14 @@ class Accompaniment:
         return None, None
 
     def _speculate(self, now: float) -> None:
-        """Ask for the step a note-on would land on next computed ahead (a note lands on
-        it from half a grid step before its line), then the current one if its base has
-        changed since (a take-back, a note-off)."""
+        """Ask for the step the next note-on will land on computed ahead: the step now, if
+        no note-on came in it yet (one may come any moment), then the next one (a note
+        lands on it from half a grid step before its line); once a note came in this step,
+        the next one first. Each again if its base changed since (a take-back)."""
         held = frozenset(self.sounding)
-        for step in (quantize(now, self.grid) + 1, quantize(now, self.grid)):
+        now_step = quantize(now, self.grid)
+        played = self.last_on is not None and quantize(self.last_on, self.grid) >= now_step
+        for step in (now_step + 1, now_step) if played else (now_step, now_step + 1):
             key, snap = self._base(step)
             if key is None or self.speculator.ready(step, key, held):
                 continue
