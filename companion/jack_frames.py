@@ -5,10 +5,11 @@ python-rtmidi's JACK ports write a message at the start of the period after it w
 a scheduled note lands anywhere in the period after its time (1.33 ms at 64 frames, 48 kHz).
 Here the process callback, run by JACK once a period, writes each message due within the
 period at the frame of its due time, and stamps what comes in with the time of its own
-frame. Due times are perf_counter_ns, JACK's frame times another clock (frames_to_time:
-JACK's estimate, which a dummy driver's late periods and a stalled server move away from
-the wall clock by milliseconds to seconds), so the offset between the two is followed from
-when each period's callback actually runs (`_follow`).
+frame. Due times are perf_counter_ns; JACK's clock (jack_get_time) is another monotonic
+clock, so the offset between the two is measured when the ports open (microseconds of
+error, the same in every process: a listener of this kind agrees with the sender), and
+JACK's frame times (frames_to_time) are followed where they jump away from its clock
+(`_follow`).
 
 What is sent from within the callback (an armed answer to the note just read) goes out in
 that very period, at the note's frame. A message handed over after its period has run goes
@@ -32,8 +33,9 @@ MIDI_TYPE = b"8 bit raw midi"
 IS_INPUT, IS_OUTPUT = 0x1, 0x2
 NO_START_SERVER = 0x01
 LEAD_NS = 4_000_000  # messages are handed to the callback this long before they are due
-BLOCK_PERIODS = 256  # the offset is the least seen over WINDOW_BLOCKS blocks of periods
-WINDOW_BLOCKS = 4  # (~1.4 s at 64 frames, 48 kHz)
+CALIBRATION_SAMPLES = 9
+MAX_LAG_NS = 20_000_000  # a period's callback this far from its first frame's time ...
+JUMP_PERIODS = 32  # ... this many periods in a row: JACK's frame times jumped (_follow)
 
 _PROCESS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p)
 
@@ -128,13 +130,14 @@ class FramePorts:
         self._cycle_frame = 0
         self._cycle_thread: int | None = None
         self.lateness: deque[int] = deque(maxlen=8192)
-        self._blocks: deque[int] = deque(maxlen=WINDOW_BLOCKS)  # (see _follow)
-        self._block_min, self._block_n = 1 << 62, 0
+        self.skew_ns = 0  # JACK's clock - its frame times, where they jumped apart (_follow)
+        self._jumped: list[int] = []
+        self.jumps = 0
         self.out = self._register(VIRTUAL_OUTPUT, IS_OUTPUT) if output else None
         self.inp = self._register(VIRTUAL_INPUT, IS_INPUT) if on_input is not None else None
         self._callback = _PROCESS(self._process)  # kept: libjack holds only the pointer
         self.lib.jack_set_process_callback(self.client, self._callback, None)
-        self.offset_ns = 0  # perf_counter_ns - JACK's frame time, from the first period on
+        self.offset_ns = self._calibrate()  # perf_counter_ns - JACK's clock
         if self.lib.jack_activate(self.client) != 0:
             self._close_client()
             raise MidiPortError("the JACK server refused to activate the companion's client")
@@ -204,8 +207,8 @@ class FramePorts:
             self._cycle_thread = threading.get_ident()
             lib, client = self.lib, self.client
             start = lib.jack_frames_to_time(client, lib.jack_last_frame_time(client)) * 1000
-            self._follow(start, time.perf_counter_ns())
-            start += self.offset_ns
+            self._follow(start)
+            start += self.skew_ns + self.offset_ns
             npf = self.ns_per_frame
             events: list = []
             self._cycle = events
@@ -237,23 +240,35 @@ class FramePorts:
             self._cycle = None
         return 0
 
-    def _follow(self, start: int, now: int) -> None:
-        """Keep `offset_ns`, perf_counter_ns - JACK's frame time: the least of (when a
-        period's callback ran - its first frame's time) over the last WINDOW_BLOCKS blocks
-        of BLOCK_PERIODS periods. A callback runs after its period's first frame, some
-        later than others, so the least is the period's own start as near as it can be
-        had; it follows JACK's frame times wherever they go (a server that stalled over a
-        killed client kept its frame count, and its frame times fell seconds behind)."""
-        seen = now - start
-        if seen < self._block_min:
-            self._block_min = seen
-        self._block_n += 1
-        if self._block_n >= BLOCK_PERIODS:
-            self._blocks.append(self._block_min)
-            self._block_min, self._block_n = 1 << 62, 0
-        least = min(self._block_min, *self._blocks) if self._blocks else self._block_min
-        if least != self.offset_ns:
-            self.offset_ns = least
+    def _calibrate(self) -> int:
+        """perf_counter_ns - JACK's clock (jack_get_time, ns): the median of a few readings,
+        each taken between two readings of perf_counter_ns (microseconds of error, and the
+        same in every process on the machine, so their stamps agree)."""
+        offsets = []
+        for _ in range(CALIBRATION_SAMPLES):
+            a = time.perf_counter_ns()
+            j = self.lib.jack_get_time() * 1000
+            b = time.perf_counter_ns()
+            offsets.append((a + b) // 2 - j)
+        return sorted(offsets)[len(offsets) // 2]
+
+    def _follow(self, start: int) -> None:
+        """Keep `skew_ns`, JACK's clock - its frame times: 0 while a period's callback runs
+        within MAX_LAG_NS of its first frame's time (it runs 0.3 ms after it typically, a
+        few ms at worst on a busy machine). When it is further, period after period for
+        JUMP_PERIODS periods, JACK's frame times have jumped away from its clock (a server
+        that stalled over a killed client keeps its frame count, and its frame times stay
+        seconds behind): the skew is then the least of those lags. One late callback (a
+        busy CPU) changes nothing."""
+        lag = self.lib.jack_get_time() * 1000 - (start + self.skew_ns)
+        if -MAX_LAG_NS <= lag <= MAX_LAG_NS:
+            self._jumped.clear()
+            return
+        self._jumped.append(lag)
+        if len(self._jumped) >= JUMP_PERIODS:
+            self.skew_ns += min(self._jumped)
+            self._jumped.clear()
+            self.jumps += 1
 
     # ---- closing -----------------------------------------------------------------------
     def close(self, flush_s: float = 0.5) -> None:

@@ -368,6 +368,7 @@ class _Sender:
             "lateness_p99_ms": p99 / 1e6,
             "lateness_max_ms": max(lateness, default=0) / 1e6,
             "answered_early": self.answerer.answered,
+            "frame_time_jumps": getattr(self.port, "jumps", 0),
         }
 
 
