@@ -188,7 +188,13 @@ def targets(r: dict) -> list[dict]:
         ("timing_jam", "jam's solo"),
     ):
         s = r.get(key, {}).get("error_ms", {})
-        add(f"scheduled-output timing p99 ({label})", "< 1.5 ms", s.get("p99"), 1.5, "ms")
+        add(
+            f"scheduled-output timing p99 ({label}), a python-rtmidi listener's stamps",
+            "< 1.5 ms",
+            s.get("p99"),
+            1.5,
+            "ms",
+        )
     for key, label in (
         ("timing_continue", "continue"),
         ("session", "accompany"),
