@@ -25,10 +25,10 @@ note it started that the daemon did not start too is released then, so nothing h
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from midi_companion.ledger import note_kind
+from midi_companion.ledger import NoteLedger, note_kind
 
 UNCOUNTED = (0xF8, 0xFE)  # MIDI clock ticks and active sensing leave a table armed
 SEQ_MASK = (1 << 24) - 1  # the daemon names a handled note by its number's low 24 bits
@@ -71,23 +71,12 @@ class Armed:
         )
 
 
-def as_sent(sounding: Iterable[tuple[int, int]], msgs: Sequence[Sequence[int]]) -> bytes:
-    """`msgs` as the scheduler's NoteLedger sends them when `sounding` sounds: a note-on of a
-    sounding note is preceded by its note-off, a note-off of a silent note is left out."""
-    now = set(sounding)
-    out = bytearray()
-    for msg in msgs:
-        kind, key = note_kind(msg), (msg[0] & 0x0F, msg[1])
-        if kind == "on":
-            if key in now:
-                out += bytes((0x80 | key[0], key[1], 0))
-            now.add(key)
-        elif kind == "off":
-            if key not in now:
-                continue
-            now.discard(key)
-        out += bytes(msg)
-    return bytes(out)
+def as_sent(ledger: NoteLedger, msgs: Sequence[Sequence[int]]) -> bytes:
+    """`msgs` as the scheduler sends them through `ledger` (a copy is tried, the ledger is
+    left as it is): a note-on of a sounding note is preceded by its note-off, a note-off of
+    a silent note is left out."""
+    trial = ledger.copy()
+    return b"".join(bytes(m) for msg in msgs for m in trial.outgoing(msg))
 
 
 class Answerer:

@@ -78,6 +78,12 @@ class NoteLedger:
         self._sounding: set[tuple[int, int]] = set()
         self._channels: set[int] = set()
 
+    def copy(self) -> NoteLedger:
+        """A ledger in the same state, to try messages on without touching this one."""
+        twin = NoteLedger()
+        twin._sounding, twin._channels = set(self._sounding), set(self._channels)
+        return twin
+
     def note_on(self, ch: int, pitch: int) -> bool:
         """Record a note-on; True when the note was already sounding, in which case the
         caller must send a note-off before the note-on (re-articulation)."""

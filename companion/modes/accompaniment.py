@@ -217,16 +217,13 @@ class Accompaniment:
         done = self.speculator.done.get(step) if key is not None else None
         if done is None or done[0] != key:
             return None
-        scheduler = self.output.scheduler
+        scheduler, spec, held = self.output.scheduler, done[2], frozenset(self.sounding)
         # the speculation by identity (held in _armed, so its id is not reused)
-        basis = (step, key, id(done[2]), frozenset(self.sounding), self.next_step)
-        basis += (scheduler.stats.sent,)
+        basis = (step, key, id(spec), held, self.next_step, scheduler.stats.sent)
         if self._armed[0] == basis:
             return self._armed[1]
         entry = self._committed(step) if step < self.next_step else None
         voices = self.output.sounding_at(now) if entry is not None else self.voices
-        spec, held = done[2], frozenset(self.sounding)
-        sounding = scheduler.ledger.sounding()
         answers = {}
         for lead, (rows, _, _) in zip(spec.leads, spec.results, strict=True):
             new = lead - held
@@ -236,7 +233,7 @@ class Accompaniment:
             if entry is not None and pitch in entry.lead:
                 continue  # nothing new for that step: no answer (see _answer)
             moves = [ev for k, row in enumerate(rows) for ev in self._moves(k, voices[k], row, now)]
-            answers[pitch] = as_sent(sounding, [self.output.message(ev) for ev in moves])
+            answers[pitch] = as_sent(scheduler.ledger, [self.output.message(ev) for ev in moves])
         armed = ((step + 0.5) * self.grid, answers) if answers else None
         self._armed = (basis, armed, spec)
         return armed
