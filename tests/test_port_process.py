@@ -99,8 +99,12 @@ def test_a_process_output_on_jack_sends_each_message_at_its_due_time(jack_server
         heard = [(t, m) for t, m in listener.heard if m[0] & 0xF0 == 0x90]
         assert [m[1] for _, m in heard] == [60 + i for i in range(20)]
         assert listener.heard[0][1] == (0xB0, 7, 100)
-        # held until due, not sent when handed over (how close to due: companion bench)
-        assert all(t - due > -MS for (t, _), due in zip(heard, dues))
+        # held until due, not sent when handed over 100-240 ms ahead (how close to due:
+        # companion bench). On JACK it is written in the period of its due time, whose
+        # callbacks (this listener's among them, which stamps when it runs) may run up to a
+        # period before that frame, and earlier still by JACK's estimate of its frame times
+        # on a loaded machine: CI saw one note more than 1 ms before its due time.
+        assert all(t - due > -5 * MS for (t, _), due in zip(heard, dues))
     finally:
         out.close()
         listener.close()
